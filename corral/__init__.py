@@ -1,0 +1,32 @@
+"""Corral: a self-hosted backend for products that run AI agents which execute code.
+
+Everything a function author needs is importable from here:
+
+    from corral import Table, index, Id, query, mutation, action, ConvexError
+"""
+
+from .engine.auth import UserIdentity
+from .engine.context import ActionCtx, MutationCtx, QueryCtx
+from .engine.errors import ConvexError
+from .engine.functions import action, internal_action, internal_mutation, internal_query, mutation, query
+from .engine.schema import Table, index
+from .engine.validators import Id
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActionCtx",
+    "ConvexError",
+    "Id",
+    "MutationCtx",
+    "QueryCtx",
+    "Table",
+    "UserIdentity",
+    "action",
+    "index",
+    "internal_action",
+    "internal_mutation",
+    "internal_query",
+    "mutation",
+    "query",
+]

@@ -1,0 +1,1 @@
+"""Model providers and the agent loop. Planned."""

@@ -1,0 +1,212 @@
+"""The `corral` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from corral.engine.errors import ConfigError, CorralError, SchemaError
+from corral.engine.settings import Settings, default_data_dir
+
+from . import logs
+from .locate import locate, read_admin_key
+
+DATA_DIR_HELP = "Data directory (SQLite file, keys, node.json). Default: $XDG_DATA_HOME/corral, or $CORRAL_DATA_DIR."
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return Settings.load({k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="corral")
+def main() -> None:
+    """Corral: a self-hosted, Convex-compatible reactive backend for products that run AI agents.
+
+    \b
+    Quick start:
+      corral up                                  # serve on http://127.0.0.1:3210
+      corral serve --functions examples/chat     # serve your own functions too
+      corral admin-key                           # print the admin key
+      corral run messages:list                   # call a function
+    """
+
+
+def _serve(settings: Settings, announce: bool) -> None:
+    import uvicorn
+
+    from corral.node import Node
+
+    logs.configure(level="info")
+    try:
+        node = Node(settings)
+        node.start()
+    except (SchemaError, ConfigError) as exc:
+        click.echo(f"corral: cannot start: {exc.message}", err=True)
+        sys.exit(2)
+    except CorralError as exc:
+        click.echo(f"corral: cannot start: {exc.message}", err=True)
+        sys.exit(2)
+    config = uvicorn.Config(node.app, host=settings.host, port=settings.port, log_level="warning",
+                            ws="websockets-sansio", lifespan="on", ws_max_size=32 << 20, ws_ping_interval=settings.ping_interval,
+                            ws_ping_timeout=settings.client_timeout, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    if announce:
+        click.echo(f"Corral is running at {node.url}")
+        click.echo(f"  data:      {settings.data_dir}")
+        click.echo(f"  admin key: corral admin-key --data-dir {settings.data_dir}")
+        click.echo("  stop:      Ctrl+C")
+    try:
+        server.run()
+    finally:
+        node.stop()
+    if not server.started:
+        click.echo(f"corral: could not listen on {settings.host}:{settings.port} (is another node running there?)", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to listen on. Default 127.0.0.1.")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port to listen on. Default 3210.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=DATA_DIR_HELP)
+@click.option("--database", default=None, metavar="URL",
+              help="postgresql://… to store data in PostgreSQL (or $CORRAL_DATABASE_URL). Default: SQLite in the data directory.")
+@click.option("--functions", "functions_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A folder of your functions (schema.py plus one module per domain) to serve next to Corral's own.")
+def serve(host: str | None, port: int | None, data_dir: Path | None, database: str | None, functions_dir: Path | None) -> None:
+    """Run a Corral node.
+
+    \b
+    Examples:
+      corral serve --port 3210 --data-dir ./data
+      corral serve --functions examples/chat
+      corral serve --database postgresql://postgres@127.0.0.1:5432/corral
+    """
+    _serve(_settings(host=host, port=port, data_dir=data_dir, database_url=database, functions_dir=functions_dir), announce=True)
+
+
+@main.command()
+@click.option("--functions", "functions_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A folder of your functions to serve next to Corral's own.")
+def up(functions_dir: Path | None) -> None:
+    """Run Corral on its embedded default: http://127.0.0.1:3210, SQLite in ~/.local/share/corral.
+
+    \b
+    Example:
+      corral up
+    """
+    _serve(_settings(functions_dir=functions_dir), announce=True)
+
+
+@main.command("admin-key")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=DATA_DIR_HELP)
+@click.option("--database", default=None, metavar="URL", help="Read the key from this database instead of the data directory.")
+def admin_key(data_dir: Path | None, database: str | None) -> None:
+    """Print the admin key (use it as `Authorization: Convex <key>`). Prints only the key.
+
+    \b
+    Example:
+      curl -H "Authorization: Convex $(corral admin-key)" ...
+    """
+    settings = _settings(data_dir=data_dir, database_url=database)
+    key = None if database else read_admin_key(settings.data_dir)
+    if key is None:
+        key = _key_from_store(settings)
+    if key is None:
+        raise click.ClickException(f"no admin key yet in {settings.data_dir}: start a node there first (corral serve --data-dir {settings.data_dir})")
+    click.echo(key)
+
+
+def _key_from_store(settings: Settings) -> str | None:
+    from corral.engine.storage import open_store
+
+    if not settings.database_url and not settings.sqlite_path.exists():
+        return None
+    store = open_store(settings.database_url, settings.sqlite_path)
+    if settings.database_url:
+        return store.get_meta("admin_key")
+    import sqlite3
+
+    with sqlite3.connect(settings.sqlite_path) as conn:
+        try:
+            row = conn.execute("SELECT value FROM _meta WHERE key = 'admin_key'").fetchone()
+        except sqlite3.Error:
+            return None
+    return row[0] if row else None
+
+
+@main.command()
+@click.argument("path")
+@click.argument("args", default="{}")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=DATA_DIR_HELP)
+@click.option("--url", default=None, help="The node to call. Default: the node recorded in the data directory.")
+@click.option("--database", default=None, metavar="URL", help="Open this database directly instead of going through a node.")
+@click.option("--functions", "functions_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Your functions folder, needed when opening the store directly.")
+def run(path: str, args: str, data_dir: Path | None, url: str | None, database: str | None, functions_dir: Path | None) -> None:
+    """Run a function as the admin and print its result as JSON.
+
+    \b
+    Examples:
+      corral run messages:send '{"author": "ada", "body": "hi"}'
+      corral run messages:list
+    """
+    try:
+        parsed = json.loads(args)
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"ARGS must be a JSON object: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise click.ClickException("ARGS must be a JSON object")
+    settings = _settings(data_dir=data_dir, database_url=database, functions_dir=functions_dir)
+    target = locate(settings.data_dir, url, database)
+    if target.url:
+        import httpx
+
+        headers = {"Authorization": f"Convex {target.admin_key}"} if target.admin_key else {}
+        try:
+            response = httpx.post(target.url + "/api/function", json={"path": path, "args": parsed, "format": "json"},
+                                  headers=headers, timeout=60)
+        except httpx.HTTPError as exc:
+            raise click.ClickException(f"cannot reach {target.url}: {exc}") from None
+        body = response.json()
+        if response.status_code != 200:
+            raise click.ClickException(body.get("message", response.text))
+        if body.get("status") == "error":
+            raise click.ClickException(body.get("errorMessage", "error"))
+        click.echo(json.dumps(body.get("value"), indent=2))
+        return
+    click.echo(json.dumps(_run_direct(settings, path, parsed), indent=2))
+
+
+def _run_direct(settings: Settings, path: str, args: dict[str, Any]) -> Any:
+    from corral.engine.auth import Caller
+    from corral.engine.errors import FunctionError
+    from corral.engine.values import decode, encode_clean
+    from corral.node import Node
+
+    node = Node(settings)
+    try:
+        node.start()
+    except CorralError as exc:
+        raise click.ClickException(exc.message) from None
+    try:
+        spec = node.registry.get(path)
+        if spec is None:
+            raise click.ClickException(f"there is no function '{path}'")
+        value, _ts = asyncio.run(node.engine.call(spec.kind, path, decode(args), Caller.admin()))
+        return encode_clean(value)
+    except FunctionError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        node.stop()
+
+
+__all__ = ["main", "default_data_dir"]

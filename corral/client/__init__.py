@@ -1,0 +1,1 @@
+"""The Python SDK. Planned; today use the official `convex` client."""

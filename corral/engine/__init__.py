@@ -1,0 +1,1 @@
+"""The reactive engine: tables, transactions, live queries and the Convex protocol."""

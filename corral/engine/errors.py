@@ -1,0 +1,103 @@
+"""One exception hierarchy for the engine. Messages say what was wrong and what to do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CorralError(Exception):
+    """Base of every error Corral raises on purpose."""
+
+    code = "InternalServerError"
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(CorralError):
+    """The request itself is malformed: bad JSON, a missing field, a bad header."""
+
+    code = "BadRequest"
+    http_status = 400
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code:
+            self.code = code
+
+
+class Unauthenticated(CorralError):
+    code = "Unauthenticated"
+    http_status = 401
+
+
+class FunctionError(CorralError):
+    """A failure that belongs to a function call: reported as Convex's `status: error`."""
+
+    code = "FunctionError"
+    http_status = 200
+
+
+class ConvexError(FunctionError):
+    """A user error that carries `data` to the client, like Convex's `ConvexError`."""
+
+    def __init__(self, data: Any) -> None:
+        message = data if isinstance(data, str) else "ConvexError"
+        super().__init__(message)
+        self.data = data
+
+
+class FunctionNotFound(FunctionError):
+    def __init__(self, path: str, kind: str) -> None:
+        super().__init__(f"Could not find public function for '{path}' ({kind}). Did you forget to run it with the right kind or to serve its module?")
+        self.path = path
+
+
+class ArgumentValidationError(FunctionError):
+    pass
+
+
+class ReturnValidationError(FunctionError):
+    pass
+
+
+class DocumentValidationError(FunctionError):
+    pass
+
+
+class LimitExceeded(FunctionError):
+    pass
+
+
+class FunctionTimeout(FunctionError):
+    pass
+
+
+class ReadOnlyViolation(FunctionError):
+    pass
+
+
+class SchemaError(CorralError):
+    """The schema or the function folder cannot be served; raised at start."""
+
+    code = "SchemaError"
+
+
+class ConfigError(CorralError):
+    code = "ConfigError"
+
+
+class SerializationConflict(CorralError):
+    """A serializable transaction lost a race; retried by the runtime, surfaced only when the budget is spent."""
+
+    code = "OptimisticConcurrencyControlFailure"
+    http_status = 503
+
+
+class FunctionInterrupted(BaseException):
+    """Raised asynchronously inside a worker thread whose function ran past its time limit.
+
+    A BaseException so that a user's `except Exception` cannot swallow it.
+    """

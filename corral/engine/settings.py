@@ -1,0 +1,88 @@
+"""One settings object: CORRAL_* environment variables, `corral.toml`, or arguments."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "corral"
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 3210
+    data_dir: Path = field(default_factory=default_data_dir)
+    database_url: str | None = None
+    functions_dir: Path | None = None
+    # Limits and durations (seconds).
+    function_timeout: float = 1.0
+    action_timeout: float = 600.0
+    ping_interval: float = 15.0
+    client_timeout: float = 120.0
+    max_document_bytes: int = 1 << 20
+    max_args_bytes: int = 16 << 20
+    occ_retries: int = 8
+    sqlite_readers: int = 4
+    postgres_writers: int = 4
+    postgres_readers: int = 4
+    commit_log_retention: float = 300.0
+    group_commit_max: int = 64
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.data_dir) / "corral.sqlite3"
+
+    @classmethod
+    def load(cls, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
+        """Defaults < corral.toml (in the working or data directory) < CORRAL_* env < overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        known = {f.name: f for f in fields(cls)}
+        config_file = Path(env.get("CORRAL_CONFIG", "corral.toml"))
+        if config_file.is_file():
+            try:
+                with config_file.open("rb") as fh:
+                    data = tomllib.load(fh)
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{config_file}: {exc}") from exc
+            for key, value in data.items():
+                if key not in known:
+                    raise ConfigError(f"{config_file}: unknown setting '{key}'; known: {', '.join(sorted(known))}")
+                values[key] = value
+        for name in known:
+            env_value = env.get("CORRAL_" + name.upper())
+            if env_value is not None:
+                values[name] = env_value
+        if env.get("CORRAL_DATABASE_URL"):
+            values["database_url"] = env["CORRAL_DATABASE_URL"]
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                values[key] = value
+        settings = cls()
+        for key, value in values.items():
+            setattr(settings, key, _coerce(key, value, getattr(settings, key)))
+        return settings
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    try:
+        if name in ("data_dir", "functions_dir"):
+            return Path(value).expanduser() if value is not None else None
+        if isinstance(default, bool):
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting '{name}' has the bad value {value!r}: {exc}") from exc
+    return value

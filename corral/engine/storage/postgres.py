@@ -1,0 +1,230 @@
+"""PostgreSQL: SERIALIZABLE transactions with bounded retries, commits announced across nodes.
+
+Commit timestamps come from a sequence advanced under a transaction-scoped advisory lock
+taken just before COMMIT, so commits become visible in timestamp order: once any node has
+seen commit T, no commit below T can still appear. Each commit writes its write set to
+`_commit_log` and NOTIFYs `corral_commits`; every node follows the log in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import orjson
+import psycopg
+import structlog
+from psycopg import errors as pg_errors
+
+from ..clock import Clock
+from ..errors import SerializationConflict
+from ..readsets import WriteSet
+from ..schema import Schema
+from .base import Dialect, Store, StoreConn, WriteJob, WriteOutcome
+
+log = structlog.get_logger("corral.storage")
+
+COMMIT_LOCK = 0x636F7272  # "corr"
+SCHEMA_LOCK = 0x636F7273
+CHANNEL = "corral_commits"
+RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.UniqueViolation)
+
+
+class PgDialect(Dialect):
+    param = "%s"
+    blob = "BYTEA"
+    real = "DOUBLE PRECISION"
+
+
+class PgConn(StoreConn):
+    def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+        return self.raw.execute(sql, params, prepare=True)
+
+    def interrupt(self) -> None:
+        with contextlib.suppress(Exception):
+            self.raw.cancel_safe(timeout=1.0)
+
+
+class PostgresStore(Store):
+    dialect_name = "postgresql"
+
+    def __init__(self, url: str, *, clock: Clock | None = None, readers: int = 4, writers: int = 4,
+                 retries: int = 8, retention: float = 300.0) -> None:
+        super().__init__()
+        self.url = url
+        self.clock = clock or Clock()
+        self.dialect = PgDialect()
+        self._reader_count = readers
+        self._writer_count = writers
+        self._retries = retries
+        self._retention = retention
+        self._readers: queue.LifoQueue[PgConn] = queue.LifoQueue()
+        self._writers: queue.LifoQueue[PgConn] = queue.LifoQueue()
+        self._pool: ThreadPoolExecutor | None = None
+        self._follower: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._poke = threading.Event()
+
+    def _connect(self, autocommit: bool = False) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.url, autocommit=autocommit)
+
+    def open(self, schema: Schema) -> None:
+        self.schema = schema
+        with self._connect() as raw:
+            conn = PgConn(raw, self.dialect)
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS _meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            conn.execute("CREATE TABLE IF NOT EXISTS _tables (name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, indexes TEXT NOT NULL)")
+            conn.execute("CREATE TABLE IF NOT EXISTS _session_requests (session_id TEXT NOT NULL, request_id BIGINT NOT NULL,"
+                         " result TEXT NOT NULL, ts BIGINT NOT NULL, PRIMARY KEY (session_id, request_id))")
+            conn.execute("CREATE TABLE IF NOT EXISTS _commit_log (ts BIGINT PRIMARY KEY, writes TEXT NOT NULL)")
+            conn.execute("CREATE SEQUENCE IF NOT EXISTS corral_ts MINVALUE 0 START 0")
+            self._sync_schema(conn, schema)
+            raw.commit()
+        self.published_ts = self.latest_ts()
+        for _ in range(self._reader_count):
+            self._readers.put(PgConn(self._connect(), self.dialect))
+        for _ in range(self._writer_count):
+            self._writers.put(PgConn(self._connect(), self.dialect))
+        self._pool = ThreadPoolExecutor(self._writer_count, thread_name_prefix="corral-pg-writer")
+        self._stop.clear()
+        self._follower = threading.Thread(target=self._follow, name="corral-pg-follower", daemon=True)
+        self._follower.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._poke.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self._follower is not None:
+            self._follower.join(timeout=10)
+            self._follower = None
+        for pool in (self._readers, self._writers):
+            while not pool.empty():
+                with contextlib.suppress(Exception):
+                    pool.get_nowait().raw.close()
+
+    def latest_ts(self) -> int:
+        with self._connect(autocommit=True) as raw:
+            row = raw.execute("SELECT coalesce(max(ts), 0) FROM _commit_log").fetchone()
+        return int(row[0]) if row else 0
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[tuple[StoreConn, int]]:
+        conn = self._readers.get()
+        try:
+            if conn.raw.closed or conn.raw.broken:
+                conn = PgConn(self._connect(), self.dialect)
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            ts = int(conn.execute("SELECT coalesce(max(ts), 0) FROM _commit_log").fetchone()[0])
+            try:
+                yield conn, ts
+            finally:
+                with contextlib.suppress(Exception):
+                    conn.raw.rollback()
+        finally:
+            self._readers.put(conn)
+
+    def writes_between(self, conn: StoreConn, after: int, upto: int) -> list[tuple[int, WriteSet]]:
+        rows = conn.execute("SELECT ts, writes FROM _commit_log WHERE ts > %s AND ts <= %s ORDER BY ts", (after, upto)).fetchall()
+        return [(int(ts), WriteSet.from_wire(orjson.loads(w))) for ts, w in rows]
+
+    def submit(self, job: WriteJob) -> Future[WriteOutcome]:
+        assert self._pool is not None, "store is not open"
+        return self._pool.submit(self._run_job, job)
+
+    def _run_job(self, job: WriteJob) -> WriteOutcome:
+        conn = self._writers.get()
+        try:
+            for attempt in range(self._retries + 1):
+                if conn.raw.closed or conn.raw.broken:
+                    conn = PgConn(self._connect(), self.dialect)
+                outcome = WriteOutcome()
+                try:
+                    conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                    conn.current_ts = 0  # type: ignore[attr-defined]
+                    outcome.value, outcome.writes = job(conn)
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (COMMIT_LOCK,))
+                    ts = int(conn.execute("SELECT setval('corral_ts', GREATEST(%s, (SELECT last_value FROM corral_ts) + 1))",
+                                          (self.clock.now_ns(),)).fetchone()[0])
+                    conn.execute("INSERT INTO _commit_log (ts, writes) VALUES (%s, %s)",
+                                 (ts, orjson.dumps(outcome.writes.to_wire()).decode()))
+                    conn.execute(f"NOTIFY {CHANNEL}")
+                    conn.raw.commit()
+                    outcome.ts = ts
+                    self._poke.set()
+                    return outcome
+                except RETRYABLE as exc:
+                    conn.raw.rollback()
+                    if attempt == self._retries:
+                        outcome.error = SerializationConflict(
+                            f"the transaction kept conflicting with concurrent writes after {self._retries} retries; try again")
+                        return outcome
+                    time.sleep(min(0.001 * (2 ** attempt), 0.05))
+                    del exc
+                except BaseException as exc:  # noqa: BLE001 - the job failed: roll back, report
+                    with contextlib.suppress(Exception):
+                        conn.raw.rollback()
+                    outcome.error = exc
+                    return outcome
+            raise AssertionError("unreachable")
+        finally:
+            self._writers.put(conn)
+
+    def _follow(self) -> None:
+        """Announce commits from every node, in timestamp order, to this node's listeners."""
+        listen: psycopg.Connection[Any] | None = None
+        poll: psycopg.Connection[Any] | None = None
+        last_cleanup = 0.0
+        while not self._stop.is_set():
+            try:
+                if listen is None or listen.closed:
+                    listen = self._connect(autocommit=True)
+                    listen.execute(f"LISTEN {CHANNEL}")
+                    poll = self._connect(autocommit=True)
+                assert poll is not None
+                rows = poll.execute("SELECT ts, writes FROM _commit_log WHERE ts > %s ORDER BY ts LIMIT 1000",
+                                    (self.published_ts,)).fetchall()
+                if rows:
+                    with self._publish_lock:
+                        for ts, writes in rows:
+                            self._publish(int(ts), WriteSet.from_wire(orjson.loads(writes)))
+                    if len(rows) == 1000:
+                        continue
+                now = time.monotonic()
+                if now - last_cleanup > 10.0:
+                    last_cleanup = now
+                    horizon = self.clock.now_ns() - int(self._retention * 1e9)
+                    poll.execute("DELETE FROM _commit_log WHERE ts < %s AND ts < (SELECT max(ts) FROM _commit_log)", (horizon,))
+                self._poke.clear()
+                for _ in listen.notifies(timeout=0.5, stop_after=1):
+                    break
+            except Exception as exc:  # noqa: BLE001 - reconnect and go on following
+                if self._stop.is_set():
+                    break
+                log.warning("postgres.follower_error", error=str(exc))
+                for c in (listen, poll):
+                    with contextlib.suppress(Exception):
+                        c and c.close()
+                listen = poll = None
+                time.sleep(0.5)
+        for c in (listen, poll):
+            with contextlib.suppress(Exception):
+                c and c.close()
+
+    def get_meta(self, key: str) -> str | None:
+        with self._connect(autocommit=True) as raw:
+            row = raw.execute("SELECT value FROM _meta WHERE key = %s", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta_if_absent(self, key: str, value: str) -> str:
+        with self._connect(autocommit=True) as raw:
+            raw.execute("INSERT INTO _meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", (key, value))
+            row = raw.execute("SELECT value FROM _meta WHERE key = %s", (key,)).fetchone()
+        return str(row[0])

@@ -1,0 +1,144 @@
+"""A Corral node: the engine, Corral's own functions and every plane, on one port.
+
+This is the composition root: the only module that knows every layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from .engine.auth import new_admin_key
+from .engine.clock import Clock
+from .engine.errors import ConfigError
+from .engine.functions import Registry
+from .engine.http_api import FunctionApi, json_response
+from .engine.identity import Authenticator
+from .engine.metrics import render as render_metrics
+from .engine.runtime import Engine
+from .engine.settings import Settings
+from .engine.storage import open_store
+from .engine.subscriptions import SyncHub
+from .web.console import Console
+
+log = structlog.get_logger("corral.node")
+
+# Every plane a node serves, by path prefix. The console takes whatever is left.
+PLANES: list[tuple[str, str]] = [
+    ("/api/", "Convex protocol: HTTP functions and the WebSocket sync protocol"),
+    ("/e2b/", "E2B control API (sandboxes)"),
+    ("/envd/", "sandbox data plane (envd)"),
+    ("/http/", "HTTP actions"),
+    ("/", "web console"),
+]
+
+NODE_FILE = "node.json"
+ADMIN_KEY_FILE = "admin_key"
+
+
+def check_prefixes(planes: list[tuple[str, str]]) -> None:
+    """Refuse a plane whose prefix overlaps another's (the console's `/` is the fallback)."""
+    prefixes = [p for p, _ in planes if p != "/"]
+    for i, first in enumerate(prefixes):
+        if not (first.startswith("/") and first.endswith("/")):
+            raise ConfigError(f"plane prefix {first!r} must start and end with '/'")
+        for second in prefixes[i + 1:]:
+            if first.startswith(second) or second.startswith(first):
+                raise ConfigError(f"plane prefixes {first!r} and {second!r} overlap; each plane needs its own prefix")
+
+
+class Node:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        check_prefixes(PLANES)
+        self.settings = settings
+        self.clock = clock or Clock()
+        self.registry = Registry()
+        self.registry.load_package("corral.app", "corral/app")
+        if settings.functions_dir is not None:
+            self.registry.load_folder(Path(settings.functions_dir))
+        store = open_store(settings.database_url, settings.sqlite_path, clock=self.clock,
+                           **_store_options(settings))
+        self.engine = Engine(settings, self.registry, store, self.clock)
+        self.hub = SyncHub(self.engine)
+        self.admin_key = ""
+        self.authenticator = Authenticator("")
+        self.url = f"http://{settings.host}:{settings.port}"
+        self.app = self._build_app()
+
+    def start(self) -> None:
+        """Open storage and apply the schema; raises SchemaError/ConfigError with a report."""
+        Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
+        self.engine.start()
+        self.admin_key = self.engine.store.set_meta_if_absent("admin_key", new_admin_key())
+        self.authenticator.admin_key = self.admin_key
+        key_file = Path(self.settings.data_dir) / ADMIN_KEY_FILE
+        if not key_file.exists() or key_file.read_text().strip() != self.admin_key:
+            key_file.write_text(self.admin_key + "\n")
+            key_file.chmod(0o600)
+
+    def stop(self) -> None:
+        self.engine.stop()
+
+    def _build_app(self) -> Starlette:
+        api = FunctionApi(self.engine, self.hub, self.authenticator)
+        console = Console(self.engine, self.url, PLANES)
+        routes: list[BaseRoute] = [
+            *api.routes(),
+            Route("/api/{rest:path}", _not_found("Convex API"), methods=["GET", "POST", "PUT", "DELETE"]),
+            Route("/e2b/{rest:path}", _not_found("E2B control API"), methods=["GET", "POST", "PUT", "DELETE"]),
+            Route("/envd/{rest:path}", _not_found("sandbox data plane"), methods=["GET", "POST", "PUT", "DELETE"]),
+            Route("/http/{rest:path}", _not_found("HTTP actions"), methods=["GET", "POST", "PUT", "DELETE"]),
+            Route("/metrics", _metrics),
+            Route("/", console.page),
+        ]
+        return Starlette(routes=routes, lifespan=self._lifespan)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.hub.bind(asyncio.get_running_loop())
+        self._write_node_file()
+        log.info("node.ready", url=self.url, storage=self.engine.store.dialect_name, data_dir=str(self.settings.data_dir))
+        try:
+            yield
+        finally:
+            self._remove_node_file()
+
+    def _write_node_file(self) -> None:
+        path = Path(self.settings.data_dir) / NODE_FILE
+        path.write_text(json.dumps({"url": self.url, "pid": os.getpid(), "database": self.settings.database_url or "sqlite"}))
+
+    def _remove_node_file(self) -> None:
+        path = Path(self.settings.data_dir) / NODE_FILE
+        with contextlib.suppress(OSError):
+            data = json.loads(path.read_text())
+            if data.get("pid") == os.getpid():
+                path.unlink()
+
+
+def _store_options(settings: Settings) -> dict[str, Any]:
+    if settings.database_url and settings.database_url.startswith(("postgres://", "postgresql://")):
+        return {"readers": settings.postgres_readers, "writers": settings.postgres_writers,
+                "retries": settings.occ_retries, "retention": settings.commit_log_retention}
+    return {"readers": settings.sqlite_readers, "group_commit_max": settings.group_commit_max}
+
+
+def _not_found(plane: str) -> Any:
+    async def endpoint(request: Request) -> Response:
+        return json_response({"code": "NotFound", "message": f"{request.url.path} is not served by the {plane} of this node"}, 404)
+
+    return endpoint
+
+
+async def _metrics(request: Request) -> Response:
+    return Response(render_metrics(), media_type="text/plain; version=0.0.4")

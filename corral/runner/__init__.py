@@ -1,0 +1,1 @@
+"""The execution-plane daemon. Planned: the sandboxes issue."""

@@ -1,0 +1,1 @@
+"""Sandbox providers (local bubblewrap, host). Planned: the sandboxes issue."""

@@ -1,0 +1,6 @@
+from corral import Table
+
+
+class Message(Table, name="messages"):
+    author: str
+    body: str
