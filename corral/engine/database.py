@@ -246,7 +246,7 @@ def _decode_cursor(cursor: Any) -> bytes:
     if not isinstance(cursor, str):
         raise FunctionError(f"a pagination cursor is a string from continueCursor, not {cursor!r}")
     try:
-        return base64.urlsafe_b64decode(cursor.encode("ascii"))
+        return base64.b64decode(cursor.encode("ascii"), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
         raise FunctionError("this pagination cursor is not one Corral issued; pass null to start from the beginning") from exc
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import importlib
 import importlib.util
@@ -45,8 +46,7 @@ class FunctionSpec:
         """Turn the signature into validators; raises TypeError on an unsupported annotation."""
         if self.compiled:
             return
-        module = sys.modules.get(self.fn.__module__)
-        hints = typing.get_type_hints(self.fn, globalns=vars(module) if module else None, include_extras=True)
+        hints = typing.get_type_hints(self.fn, globalns=_annotation_namespace(self.fn), include_extras=True)
         params = list(inspect.signature(self.fn).parameters.values())
         if not params:
             raise TypeError(f"{self.fn.__qualname__} must take ctx as its first parameter")
@@ -90,6 +90,17 @@ class FunctionSpec:
         except ValidationFailure as exc:
             where = f" at `{exc.path}`" if exc.path else ""
             raise ReturnValidationError(f"ReturnsValidationError: {self.path} returned a value that does not match its return type{where}: {exc.detail}") from None
+
+
+def _annotation_namespace(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The module's globals, except that a function named like a builtin (`list`, `get`…)
+    does not shadow that builtin inside annotations."""
+    module = sys.modules.get(fn.__module__)
+    namespace = dict(vars(module)) if module else {}
+    for name, value in namespace.items():
+        if isinstance(value, FunctionSpec) and hasattr(builtins, name):
+            namespace[name] = getattr(builtins, name)
+    return namespace
 
 
 def _decorator(kind: Kind, public: bool) -> Callable[..., Any]:

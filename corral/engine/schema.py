@@ -12,6 +12,7 @@ system fields `_id` and `_creationTime`. Every table also has the built-in index
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 import sys
@@ -47,6 +48,7 @@ class Table(dict):  # type: ignore[type-arg]
     __table_fields__: ClassVar[dict[str, tuple[Any, bool]]]
     __table_indexes__: ClassVar[tuple[Index, ...]]
     __table_check__: ClassVar[Check | None] = None
+    __table_defaults__: ClassVar[dict[str, Any]] = {}
     indexes: ClassVar[list[Index]] = []
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
@@ -55,9 +57,18 @@ class Table(dict):  # type: ignore[type-arg]
         cls.__table_indexes__ = tuple(cls.__dict__.get("indexes", ()))
         cls.__table_fields__ = {}
         cls.__table_check__ = None
+        # A class-level default makes a field optional; it must not shadow the document's value.
+        annotated = cls.__dict__.get("__annotations__", {})
+        own = {k: v for k, v in cls.__dict__.items() if k in annotated and k != "indexes"}
+        for key in own:
+            delattr(cls, key)
+        cls.__table_defaults__ = {**getattr(cls, "__table_defaults__", {}), **own}
 
     def __init__(self, data: dict[str, Any] | None = None, /, **fields: Any) -> None:
         super().__init__(data or {}, **fields)
+        for key, default in self.__table_defaults__.items():
+            if key not in self:
+                self[key] = copy.copy(default)
 
     def __getattr__(self, item: str) -> Any:
         try:
@@ -89,7 +100,7 @@ class Table(dict):  # type: ignore[type-arg]
                     hint, required = get_args(hint)[0], False
                 elif origin is Required:
                     hint = get_args(hint)[0]
-                elif fname in cls.__dict__:  # a class-level default makes the field optional
+                elif fname in cls.__table_defaults__:  # a class-level default makes the field optional
                     required = False
                 fields[fname] = (hint, required)
             cls.__table_fields__ = fields
