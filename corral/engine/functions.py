@@ -179,14 +179,15 @@ class Registry:
         if not folder.is_dir():
             raise SchemaError(f"functions folder {folder} does not exist")
         package = "corral_functions_" + hashlib.sha256(str(folder).encode()).hexdigest()[:10]
-        if package not in sys.modules:
-            spec = importlib.util.spec_from_file_location(package, folder / "__init__.py", submodule_search_locations=[str(folder)])
-            if spec is None or spec.loader is None:
-                raise SchemaError(f"cannot load {folder} as a package")
-            pkg = importlib.util.module_from_spec(spec)
-            sys.modules[package] = pkg
-            if (folder / "__init__.py").exists():
-                spec.loader.exec_module(pkg)
+        for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+            del sys.modules[name]  # load the folder as it is now, not as an earlier node saw it
+        spec = importlib.util.spec_from_file_location(package, folder / "__init__.py", submodule_search_locations=[str(folder)])
+        if spec is None or spec.loader is None:
+            raise SchemaError(f"cannot load {folder} as a package")
+        pkg = importlib.util.module_from_spec(spec)
+        sys.modules[package] = pkg
+        if (folder / "__init__.py").exists():
+            spec.loader.exec_module(pkg)
         self._load_tree(package, folder, str(folder))
 
     def _load_tree(self, package: str, root: Path, origin: str) -> None:
