@@ -64,7 +64,8 @@ class ClientState:
     sent_ts: int = 0
     queries: dict[int, Subscription] = field(default_factory=dict)
     pending_mods: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (query-set version, modification)
-    force_transition: bool = False
+    awaiting_ts: int = 0  # a mutation's commit ts that the next Transition must reach
+    force_transition: bool = False  # send a Transition after a MutationResponse, even an empty one
     closed: bool = False
 
 
@@ -174,8 +175,10 @@ class SyncHub:
                 sub.invalid_ts = max(sub.invalid_ts, sub.valid_ts + 1, 1)
             self._dirty.add(client)
 
-    def request_transition(self, client: ClientState) -> None:
+    def request_transition(self, client: ClientState, ts: int) -> None:
+        """Send `client` a Transition reaching at least `ts` (its mutation's commit), even an empty one."""
         with self.lock:
+            client.awaiting_ts = max(client.awaiting_ts, ts)
             client.force_transition = True
             self._dirty.add(client)
         self.schedule()
@@ -208,7 +211,7 @@ class SyncHub:
         def work(conn: StoreConn, ts: int) -> tuple[int, list[_Capture], dict[tuple[Any, ...], Any]]:
             if ts > store.published_ts:
                 store.catch_up(conn, ts)
-            captures = self._capture()
+            captures = self._capture(ts)
             results: dict[tuple[Any, ...], Any] = {}
             for cap in captures:
                 for sub, key in cap.subs:
@@ -223,12 +226,16 @@ class SyncHub:
             for cap in captures:
                 self._apply(cap, ts, results)
 
-    def _capture(self) -> list[_Capture]:
+    def _capture(self, ts: int) -> list[_Capture]:
         with self.lock:
             dirty, self._dirty = self._dirty, set()
             captures = []
             for client in dirty:
                 if client.closed:
+                    continue
+                if client.awaiting_ts > ts:
+                    # its mutation committed after this snapshot was pinned: the next round serves it
+                    self._dirty.add(client)
                     continue
                 subs = []
                 for sub in client.queries.values():

@@ -261,7 +261,7 @@ class SyncSession:
                 response.update(success=False, result=exc.message, ts=None, logLines=[])
             self.outbox.put_nowait(response)
             if response["success"]:
-                self.hub.request_transition(self.client)
+                self.hub.request_transition(self.client, result.ts)
 
     async def _run_action(self, message: dict[str, Any]) -> None:
         response: dict[str, Any] = {"type": "ActionResponse", "requestId": int(message["requestId"])}
