@@ -66,6 +66,8 @@ def _serve(settings: Settings, announce: bool) -> None:
         click.echo("  stop:      Ctrl+C")
     try:
         server.run()
+    except SystemExit:
+        pass  # uvicorn exits when it cannot bind; say so below
     finally:
         node.stop()
     if not server.started:

@@ -250,18 +250,21 @@ class SyncSession:
             message = await self.mutations.get()
             request_id = int(message["requestId"])
             response: dict[str, Any] = {"type": "MutationResponse", "requestId": request_id}
+            commit_ts = 0
             try:
                 result = await self.engine.run_mutation(
                     message["udfPath"], message["_args"], self.client.caller,
                     session=(self.session_id, request_id) if self.session_id else None)
+                commit_ts = result.ts
                 response.update(success=True, result=encode(result.value), ts=_wire_ts(result.ts), logLines=[])
             except FunctionError as exc:
                 response.update(_failure(exc))
             except CorralError as exc:
                 response.update(success=False, result=exc.message, ts=None, logLines=[])
             self.outbox.put_nowait(response)
-            if response["success"]:
-                self.hub.request_transition(self.client, result.ts)
+            # Clients settle a mutation (even a failed one carrying ConvexError data) on the next
+            # Transition, so one always follows, reaching the mutation's commit when it has one.
+            self.hub.request_transition(self.client, commit_ts)
 
     async def _run_action(self, message: dict[str, Any]) -> None:
         response: dict[str, Any] = {"type": "ActionResponse", "requestId": int(message["requestId"])}
@@ -274,6 +277,7 @@ class SyncSession:
         except CorralError as exc:
             response.update(success=False, result=exc.message, logLines=[])
         self.outbox.put_nowait(response)
+        self.hub.request_transition(self.client, 0)
 
 
 def _wire_ts(ts: int) -> str:

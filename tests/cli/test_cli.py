@@ -1,0 +1,144 @@
+"""The `corral` command, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import CHAT, free_port
+
+CORRAL = [sys.executable, "-m", "corral"]
+
+
+def corral(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+    return subprocess.run([*CORRAL, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["up"], ["admin-key"], ["run"]])
+def test_every_command_has_complete_help(command):
+    result = corral(*command, "--help")
+    assert result.returncode == 0
+    assert "Usage:" in result.stdout
+    assert "Example" in result.stdout or "Quick start" in result.stdout
+    if command == ["serve"]:
+        for flag in ("--host", "--port", "--data-dir", "--database", "--functions"):
+            assert flag in result.stdout
+
+
+def test_admin_key_prints_only_the_key(chat_node):
+    result = corral("admin-key", "--data-dir", str(chat_node.data_dir))
+    assert result.returncode == 0
+    assert result.stdout == chat_node.admin_key + "\n"
+    response = httpx.post(chat_node.url + "/api/function", json={"path": "messages:list", "args": {}},
+                          headers={"Authorization": f"Convex {result.stdout.strip()}"})
+    assert response.json() == {"status": "success", "value": []}
+
+
+def test_admin_key_without_a_node_explains_what_to_do(tmp_path):
+    result = corral("admin-key", "--data-dir", str(tmp_path / "empty"))
+    assert result.returncode != 0
+    assert "start a node there first" in result.stderr
+
+
+def test_run_goes_through_the_running_node(chat_node):
+    sent = corral("run", "messages:send", '{"author": "cli", "body": "hi"}', "--data-dir", str(chat_node.data_dir))
+    assert sent.returncode == 0, sent.stderr
+    listed = corral("run", "messages:list", "--data-dir", str(chat_node.data_dir))
+    assert [m["body"] for m in json.loads(listed.stdout)] == ["hi"]
+
+
+def test_run_opens_the_store_directly_when_no_node_runs(tmp_path):
+    data = tmp_path / "data"
+    sent = corral("run", "messages:send", '{"author": "a", "body": "offline"}', "--data-dir", str(data), "--functions", str(CHAT))
+    assert sent.returncode == 0, sent.stderr
+    listed = corral("run", "messages:list", "--data-dir", str(data), "--functions", str(CHAT))
+    assert [m["body"] for m in json.loads(listed.stdout)] == ["offline"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "messages:list", "not json"], "ARGS must be a JSON object"),
+        (["run", "messages:list", "[1]"], "ARGS must be a JSON object"),
+        (["serve", "--port", "99999"], "99999"),
+        (["serve", "--functions", "/definitely/not/here"], "does not exist"),
+        (["frobnicate"], "No such command"),
+    ],
+)
+def test_bad_flags_and_arguments_are_explained(args, expected, tmp_path):
+    result = corral(*args)
+    assert result.returncode != 0
+    assert expected in result.stderr
+
+
+def test_serve_refuses_a_schema_that_does_not_load_with_a_report(tmp_path):
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "schema.py").write_text("from corral import Table\nclass W(Table, name='workspaces'):\n    x: str\n")
+    result = corral("serve", "--port", str(free_port()), "--data-dir", str(tmp_path / "d"), "--functions", str(app))
+    assert result.returncode == 2
+    assert "cannot start" in result.stderr and "workspaces" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_records_its_url_and_removes_it_on_exit(tmp_path):
+    port = free_port()
+    data = tmp_path / "d"
+    proc = subprocess.Popen([*CORRAL, "serve", "--port", str(port), "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert f"http://127.0.0.1:{port}" in line
+        node_file = data / "node.json"
+        for _ in range(100):
+            if node_file.exists():
+                break
+            import time
+
+            time.sleep(0.05)
+        assert json.loads(node_file.read_text())["url"] == f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    assert not (data / "node.json").exists()
+
+
+def test_a_second_node_on_a_taken_port_says_so(chat_node, tmp_path):
+    port = chat_node.url.rsplit(":", 1)[1]
+    result = corral("serve", "--port", port, "--data-dir", str(tmp_path / "other"), timeout=30)
+    assert result.returncode != 0
+    assert "could not listen" in result.stderr
+
+
+def test_up_uses_the_xdg_data_home(tmp_path):
+    env = {"XDG_DATA_HOME": str(tmp_path / "xdg"), "CORRAL_PORT": str(free_port())}
+    proc = subprocess.Popen([*CORRAL, "up"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+    try:
+        assert "Corral is running at http://127.0.0.1:" in proc.stdout.readline()  # type: ignore[union-attr]
+        key = Path(env["XDG_DATA_HOME"]) / "corral" / "admin_key"
+        for _ in range(100):
+            if key.exists():
+                break
+            import time
+
+            time.sleep(0.05)
+        assert key.exists()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def test_overlapping_plane_prefixes_are_refused():
+    from corral.engine.errors import ConfigError
+    from corral.node import PLANES, check_prefixes
+
+    check_prefixes(PLANES)
+    with pytest.raises(ConfigError, match="overlap"):
+        check_prefixes([*PLANES, ("/api/sync/", "something else")])
+    with pytest.raises(ConfigError, match="start and end with"):
+        check_prefixes([("/api", "no slash")])
