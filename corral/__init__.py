@@ -8,7 +8,14 @@ Everything a function author needs is importable from here:
 from .engine.auth import UserIdentity
 from .engine.context import ActionCtx, MutationCtx, QueryCtx
 from .engine.errors import ConvexError
-from .engine.functions import action, internal_action, internal_mutation, internal_query, mutation, query
+from .engine.functions import (
+    action,
+    internal_action,
+    internal_mutation,
+    internal_query,
+    mutation,
+    query,
+)
 from .engine.schema import Table, index
 from .engine.validators import Id
 

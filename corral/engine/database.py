@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import orjson
@@ -142,7 +142,7 @@ class Query:
         self._filters.append(predicate)
         return self
 
-    def _rows(self, lo: bytes, hi: bytes | None, limit_hint: int | None) -> Iterator[tuple[bytes, Any]]:
+    def _rows(self, lo: bytes, hi: bytes | None, limit_hint: int | None) -> Generator[tuple[bytes, Any], None, None]:
         """Yield (key, document) in order, recording the range actually read."""
         read = self._db._begin_read(self._table.name, self._index, lo, hi)
         batch = limit_hint if (limit_hint and not self._filters) else BATCH
@@ -368,7 +368,7 @@ class DatabaseWriter(DatabaseReader):
         if self.docs_written > 16_000:
             raise LimitExceeded("this mutation wrote more than 16000 documents; split the work over several mutations")
 
-    def insert(self, table: Any, value: dict[str, Any] | None = None) -> str:  # type: ignore[override]
+    def insert(self, table: Any, value: dict[str, Any] | None = None) -> Any:  # an Id of that table
         if value is None and isinstance(table, dict) and hasattr(type(table), "__table_name__"):
             value, table = table, type(table)
         tdef = self._table(table)

@@ -179,7 +179,7 @@ class SyncSession:
             raise ProtocolError(f"BaseVersionMismatch: ModifyQuerySet baseVersion {base} does not chain from the current query set version {client.query_set_version}")
         if new <= base:
             raise ProtocolError(f"ModifyQuerySet newVersion {new} must be greater than baseVersion {base}")
-        parsed = []
+        parsed: list[tuple[str, int, Any, Any, Any]] = []
         for mod in mods:
             if not isinstance(mod, dict):
                 raise ProtocolError("each query-set modification must be an object")

@@ -8,6 +8,7 @@ convert wire values (an integral float for an `int`) and name the field that is 
 from __future__ import annotations
 
 import math
+import operator
 import types
 import typing
 from collections.abc import Callable
@@ -64,7 +65,10 @@ class IdMarker:
         return f"Id[{self.table!r}]"
 
 
-class Id(str):
+TableT = typing.TypeVar("TableT")
+
+
+class Id(str, typing.Generic[TableT]):
     """The id of a document in a table: `Id[Messages]` or `Id["messages"]`."""
 
     def __class_getitem__(cls, table: Any) -> Any:
@@ -101,9 +105,8 @@ def _check_int(value: Any, path: str) -> Any:
         if INT64_MIN <= value <= INT64_MAX:
             return value
         raise ValidationFailure(path, "integer does not fit in int64")
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        if INT64_MIN <= value <= INT64_MAX:
-            return int(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and INT64_MIN <= value <= INT64_MAX:
+        return int(value)
     raise ValidationFailure(path, f"expected integer, got {describe(value)}")
 
 
@@ -232,7 +235,7 @@ def compile_type(tp: Any, *, owner: Any = None) -> Check:
 
         return check_record
     if isinstance(tp, type) and hasattr(tp, "__table_fields__"):
-        return tp.__table_validator__()  # type: ignore[no-any-return]
+        return tp.__table_validator__()  # type: ignore[attr-defined,no-any-return]
     if typing.is_typeddict(tp):
         return typeddict_shape(tp)
     raise TypeError(f"{tp!r} is not a type Corral can validate; use str, int, float, bool, bytes, None, Literal, unions, list, dict, TypedDict, a Table or Id[...]")
@@ -259,19 +262,17 @@ def _with_constraints(check: Check, meta: list[Any]) -> Check:
         items = list(item) if isinstance(item, at.GroupedMetadata) else [item]
         for rule in items:
             if isinstance(rule, at.MaxLen):
-                limit = rule.max_length
-                rules.append(_rule(lambda v, n=limit: len(v) <= n, f"must be at most {limit} long"))
+                rules.append(_rule(operator.le, rule.max_length, f"must be at most {rule.max_length} long", len))
             elif isinstance(rule, at.MinLen):
-                limit = rule.min_length
-                rules.append(_rule(lambda v, n=limit: len(v) >= n, f"must be at least {limit} long"))
+                rules.append(_rule(operator.ge, rule.min_length, f"must be at least {rule.min_length} long", len))
             elif isinstance(rule, at.Ge):
-                rules.append(_rule(lambda v, n=rule.ge: v >= n, f"must be ≥ {rule.ge}"))
+                rules.append(_rule(operator.ge, rule.ge, f"must be ≥ {rule.ge}"))
             elif isinstance(rule, at.Gt):
-                rules.append(_rule(lambda v, n=rule.gt: v > n, f"must be > {rule.gt}"))
+                rules.append(_rule(operator.gt, rule.gt, f"must be > {rule.gt}"))
             elif isinstance(rule, at.Le):
-                rules.append(_rule(lambda v, n=rule.le: v <= n, f"must be ≤ {rule.le}"))
+                rules.append(_rule(operator.le, rule.le, f"must be ≤ {rule.le}"))
             elif isinstance(rule, at.Lt):
-                rules.append(_rule(lambda v, n=rule.lt: v < n, f"must be < {rule.lt}"))
+                rules.append(_rule(operator.lt, rule.lt, f"must be < {rule.lt}"))
     if not rules:
         return check
 
@@ -284,9 +285,10 @@ def _with_constraints(check: Check, meta: list[Any]) -> Check:
     return constrained
 
 
-def _rule(ok: Callable[[Any], bool], message: str) -> Callable[[Any, str], None]:
+def _rule(compare: Callable[[Any, Any], bool], bound: Any, message: str,
+          measure: Callable[[Any], Any] | None = None) -> Callable[[Any, str], None]:
     def apply(value: Any, path: str) -> None:
-        if not ok(value):
+        if not compare(measure(value) if measure else value, bound):
             raise ValidationFailure(path, message)
 
     return apply

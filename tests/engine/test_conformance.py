@@ -7,7 +7,13 @@ import asyncio
 import pytest
 
 from corral.engine.auth import Caller
-from corral.engine.errors import ArgumentValidationError, ConvexError, FunctionError, FunctionNotFound, LimitExceeded
+from corral.engine.errors import (
+    ArgumentValidationError,
+    ConvexError,
+    FunctionError,
+    FunctionNotFound,
+    LimitExceeded,
+)
 
 ANON = Caller.anonymous()
 ADMIN = Caller.admin()

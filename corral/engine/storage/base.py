@@ -218,7 +218,7 @@ class Store:
         for name, tdef in schema.tables.items():
             wanted: dict[str, list[str]] = {"by_creation_time": [], **{k: list(v) for k, v in tdef.indexes.items()}}
             if name not in existing:
-                cols = [f"id TEXT PRIMARY KEY", f"ct {self.dialect.real} NOT NULL", "doc TEXT NOT NULL"]
+                cols = ["id TEXT PRIMARY KEY", f"ct {self.dialect.real} NOT NULL", "doc TEXT NOT NULL"]
                 cols += [f"{key_column(i)} {self.dialect.blob} NOT NULL" for i in wanted]
                 conn.execute(f"CREATE TABLE t_{name} ({', '.join(cols)})")
                 for index in wanted:

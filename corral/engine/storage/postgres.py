@@ -209,14 +209,10 @@ class PostgresStore(Store):
                 if self._stop.is_set():
                     break
                 log.warning("postgres.follower_error", error=str(exc))
-                for c in (listen, poll):
-                    with contextlib.suppress(Exception):
-                        c and c.close()
+                _close_all(listen, poll)
                 listen = poll = None
                 time.sleep(0.5)
-        for c in (listen, poll):
-            with contextlib.suppress(Exception):
-                c and c.close()
+        _close_all(listen, poll)
 
     def get_meta(self, key: str) -> str | None:
         with self._connect(autocommit=True) as raw:
@@ -227,4 +223,12 @@ class PostgresStore(Store):
         with self._connect(autocommit=True) as raw:
             raw.execute("INSERT INTO _meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", (key, value))
             row = raw.execute("SELECT value FROM _meta WHERE key = %s", (key,)).fetchone()
+        assert row is not None
         return str(row[0])
+
+
+def _close_all(*connections: psycopg.Connection[Any] | None) -> None:
+    for conn in connections:
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
