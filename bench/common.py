@@ -262,8 +262,17 @@ def self_cpu_seconds() -> float:
     return times.user + times.system
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds spent busy by the whole machine (all cores) since boot, from /proc/stat."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / _TICKS
+
+
 class CpuMeter:
-    """CPU use of the server and of this (client) process over a stretch of wall time, in cores."""
+    """CPU use, in cores, over a stretch of wall time: of the server, of this (client) process,
+    and of everything else on the machine (other users' work competing for the same cores)."""
 
     def __init__(self, node: NodeProcess | None) -> None:
         self.node = node
@@ -273,12 +282,18 @@ class CpuMeter:
         self.t0 = time.monotonic()
         self.server0 = self.node.cpu_seconds() if self.node else 0.0
         self.client0 = self_cpu_seconds()
+        self.machine0 = machine_busy_seconds()
 
     def read(self) -> tuple[float, float]:
-        wall = max(time.monotonic() - self.t0, 1e-9)
-        server = ((self.node.cpu_seconds() - self.server0) / wall) if self.node else float("nan")
-        client = (self_cpu_seconds() - self.client0) / wall
+        server, client, _other = self.read3()
         return server, client
+
+    def read3(self) -> tuple[float, float, float]:
+        wall = max(time.monotonic() - self.t0, 1e-9)
+        server = ((self.node.cpu_seconds() - self.server0) / wall) if self.node else 0.0
+        client = (self_cpu_seconds() - self.client0) / wall
+        machine = (machine_busy_seconds() - self.machine0) / wall
+        return server if self.node else float("nan"), client, max(0.0, machine - server - client)
 
 
 @contextlib.contextmanager

@@ -67,6 +67,7 @@ class Result:
     commit_ms: list[float] = field(default_factory=list)
     server_cpu: float = float("nan")
     client_cpu: float = float("nan")
+    other_cpu: float = float("nan")
     note: str = ""
     errors: int = 0
 
@@ -203,7 +204,7 @@ async def live_case(node: NodeProcess, case: str, backend: str, sockets: int, ro
         drain = monotonic() + 10
         while len(result.samples) < result.expected and monotonic() < drain:
             await asyncio.sleep(0.05)
-        result.server_cpu, result.client_cpu = meter.read()
+        result.server_cpu, result.client_cpu, result.other_cpu = meter.read3()
         result.errors += sum(c.chain_errors for c in conns)
     finally:
         for task in readers:
@@ -260,7 +261,7 @@ async def poll_case(node: NodeProcess, backend: str, rooms: int, duration: float
         drain = monotonic() + 10
         while len(result.samples) < result.expected and monotonic() < drain:
             await asyncio.sleep(0.05)
-        result.server_cpu, result.client_cpu = meter.read()
+        result.server_cpu, result.client_cpu, result.other_cpu = meter.read3()
         result.note = f"{polls[0] / (monotonic() - t0):,.0f} polls/s"
     finally:
         stop.set()

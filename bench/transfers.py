@@ -125,6 +125,7 @@ class Case:
     latencies: list[float] = field(default_factory=list)
     server_cpu: float = float("nan")
     client_cpu: float = float("nan")
+    other_cpu: float = float("nan")
     chain_errors: int = 0
     note: str = ""
 
@@ -210,7 +211,7 @@ async def drive(url: str, ids: list[str], case: Case, kind: str, duration: float
         await asyncio.sleep(max(0.0, measure_from - monotonic()))
         cpu = CpuMeter(meter_node)
         await asyncio.sleep(max(0.0, stop_at - monotonic()))
-        case.server_cpu, case.client_cpu = cpu.read()
+        case.server_cpu, case.client_cpu, case.other_cpu = cpu.read3()
 
     try:
         await asyncio.wait_for(asyncio.gather(meter(), *(worker(c, 1000 + i) for i, c in enumerate(conns))),
