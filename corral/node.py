@@ -108,11 +108,21 @@ class Node:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.hub.bind(asyncio.get_running_loop())
         self._write_node_file()
+        housekeeping = asyncio.create_task(self._housekeeping())
         log.info("node.ready", url=self.url, storage=self.engine.store.dialect_name, data_dir=str(self.settings.data_dir))
         try:
             yield
         finally:
+            housekeeping.cancel()
             self._remove_node_file()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.maintenance_interval)
+            try:
+                await self.engine.forget_old_session_requests()
+            except Exception as exc:  # noqa: BLE001 - housekeeping must never take the node down
+                log.warning("node.housekeeping_failed", error=str(exc))
 
     def _write_node_file(self) -> None:
         path = Path(self.settings.data_dir) / NODE_FILE

@@ -169,8 +169,9 @@ class Engine:
                     raise
                 raise as_function_error(exc, spec.path) from None
             if session is not None:
-                conn.record_session_result(session[0], session[1], orjson.dumps(encode(value)).decode(),
-                                           getattr(conn, "current_ts", 0))
+                # SQLite knows the commit ts up front; PostgreSQL assigns it at COMMIT, later than now.
+                recorded_ts = getattr(conn, "current_ts", 0) or self.clock.now_ns()
+                conn.record_session_result(session[0], session[1], orjson.dumps(encode(value)).decode(), recorded_ts)
             return value, db.writes
 
         return job
@@ -188,6 +189,20 @@ class Engine:
 
     async def call_mutation(self, ref: Any, args: Any, caller: Caller, *, internal_ok: bool = False) -> Any:
         return (await self.run_mutation(ref, args, caller, internal_ok=internal_ok)).value
+
+    # -- housekeeping
+    async def forget_old_session_requests(self) -> int:
+        """Drop mutation de-duplication records older than the retention: a client that has been
+        away that long re-sends nothing."""
+        horizon = self.clock.now_ns() - int(self.settings.session_request_retention * 1e9)
+
+        def job(conn: StoreConn) -> tuple[Any, WriteSet]:
+            return conn.forget_session_requests(horizon), WriteSet()
+
+        outcome = await asyncio.wrap_future(self.store.submit(job))
+        if outcome.error is not None:
+            raise outcome.error
+        return int(outcome.value)
 
     # -- actions
     async def call_action(self, ref: Any, args: Any, caller: Caller, *, internal_ok: bool = False) -> Any:

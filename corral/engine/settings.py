@@ -35,6 +35,8 @@ class Settings:
     postgres_writers: int = 4
     postgres_readers: int = 4
     commit_log_retention: float = 300.0
+    session_request_retention: float = 3600.0
+    maintenance_interval: float = 60.0
     group_commit_max: int = 64
 
     @property

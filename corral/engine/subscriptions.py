@@ -45,6 +45,7 @@ class Subscription:
     error: FunctionError | None
     journal: str | None = None
     read_set: ReadSet | None = None
+    ranges_by_table: dict[str, list[Any]] = field(default_factory=dict)
     valid_ts: int = -1
     invalid_ts: int = 0
     last_hash: bytes | None = None
@@ -109,7 +110,7 @@ class SyncHub:
             woke = False
             for table in writes.keys:
                 for sub in self._by_table.get(table, ()):
-                    if sub.invalid_ts < ts and sub.read_set is not None and writes.intersects(sub.read_set.by_table().get(table, ())):
+                    if sub.invalid_ts < ts and writes.intersects(sub.ranges_by_table.get(table, ())):
                         sub.invalid_ts = ts
                         client = self._owner.get(sub)
                         if client is not None:
@@ -138,17 +139,15 @@ class SyncHub:
             client.queries.clear()
 
     def _index(self, sub: Subscription) -> None:
-        if sub.read_set is not None:
-            for table in {r.table for r in sub.read_set.ranges}:
-                self._by_table.setdefault(table, set()).add(sub)
+        for table in sub.ranges_by_table:
+            self._by_table.setdefault(table, set()).add(sub)
 
     def _unindex(self, sub: Subscription) -> None:
         self._owner.pop(sub, None)
-        if sub.read_set is not None:
-            for table in {r.table for r in sub.read_set.ranges}:
-                subs = self._by_table.get(table)
-                if subs is not None:
-                    subs.discard(sub)
+        for table in sub.ranges_by_table:
+            subs = self._by_table.get(table)
+            if subs is not None:
+                subs.discard(sub)
 
     def add_query(self, client: ClientState, sub: Subscription) -> None:
         with self.lock:
@@ -222,9 +221,10 @@ class SyncHub:
 
         ts, captures, results = await engine.in_snapshot(work)
         self.rounds += 1
+        rendered: dict[tuple[Any, ...], tuple[dict[str, Any], bytes]] = {}
         with self.lock:
             for cap in captures:
-                self._apply(cap, ts, results)
+                self._apply(cap, ts, results, rendered)
 
     def _capture(self, ts: int) -> list[_Capture]:
         with self.lock:
@@ -257,7 +257,8 @@ class SyncHub:
         except FunctionError as exc:
             return False, exc, read_set
 
-    def _apply(self, cap: _Capture, ts: int, results: dict[tuple[Any, ...], Any]) -> None:
+    def _apply(self, cap: _Capture, ts: int, results: dict[tuple[Any, ...], Any],
+               rendered: dict[tuple[Any, ...], tuple[dict[str, Any], bytes]]) -> None:
         client = cap.client
         if client.closed:
             return
@@ -270,6 +271,7 @@ class SyncHub:
             if not sub.removed:
                 self._unindex(sub)
                 sub.read_set = read_set
+                sub.ranges_by_table = read_set.by_table()
                 sub.valid_ts = ts
                 self._owner[sub] = client
                 self._index(sub)
@@ -280,11 +282,15 @@ class SyncHub:
                 if self._ring and self._ring[0][0] > ts + 1 and self.store.published_ts > ts:
                     sub.invalid_ts = max(sub.invalid_ts, self.store.published_ts)
                     self._dirty.add(client)
-            mod = _modification(sub, ok, outcome)
-            digest = hashlib.blake2b(orjson.dumps(mod), digest_size=16).digest()
+            # Every subscriber of the same (query, args, caller) shares one rendering of the result.
+            cached = rendered.get(key)
+            if cached is None:
+                body = _result_body(ok, outcome)
+                cached = rendered[key] = (body, hashlib.blake2b(orjson.dumps(body), digest_size=16).digest())
+            body, digest = cached
             if digest != sub.last_hash:
                 sub.last_hash = digest
-                mods.append(mod)
+                mods.append({**body, "queryId": sub.query_id, "journal": sub.journal})
         changed_versions = cap.query_set_version != client.sent_query_set or cap.identity_version != client.sent_identity
         if not (mods or changed_versions or cap.forced):
             return
@@ -301,11 +307,11 @@ class SyncHub:
         client.send(message)
 
 
-def _modification(sub: Subscription, ok: bool, outcome: Any) -> dict[str, Any]:
+def _result_body(ok: bool, outcome: Any) -> dict[str, Any]:
+    """A QueryUpdated or QueryFailed modification, without its queryId and journal."""
     if ok:
-        return {"type": "QueryUpdated", "queryId": sub.query_id, "value": encode(outcome), "logLines": [], "journal": sub.journal}
-    mod: dict[str, Any] = {"type": "QueryFailed", "queryId": sub.query_id, "errorMessage": outcome.message,
-                           "logLines": [], "journal": sub.journal}
+        return {"type": "QueryUpdated", "value": encode(outcome), "logLines": []}
+    body: dict[str, Any] = {"type": "QueryFailed", "errorMessage": outcome.message, "logLines": []}
     if isinstance(outcome, ConvexError):
-        mod["errorData"] = encode(outcome.data)
-    return mod
+        body["errorData"] = encode(outcome.data)
+    return body

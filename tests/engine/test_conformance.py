@@ -215,3 +215,18 @@ def test_unique_refuses_duplicates(make_node):
             db.query("messages").with_index("by_room_author", lambda q: q.eq("author", "a"))
         with pytest.raises(FunctionError, match="no index 'nope'"):
             db.query("messages").with_index("nope")
+
+
+def test_old_deduplication_records_are_forgotten(make_node, database_url):
+    from corral.engine.clock import Clock
+
+    clock = Clock()
+    node = make_node(database_url, clock=clock, session_request_retention=60.0)
+    first = asyncio.run(node.engine.run_mutation("rooms:create", {"name": "a"}, ANON, session=("s1", 1)))
+    replay = asyncio.run(node.engine.run_mutation("rooms:create", {"name": "a"}, ANON, session=("s1", 1)))
+    assert replay.value == first.value
+    assert asyncio.run(node.engine.forget_old_session_requests()) == 0
+    clock.advance(61)
+    assert asyncio.run(node.engine.forget_old_session_requests()) == 1
+    fresh = asyncio.run(node.engine.run_mutation("rooms:create", {"name": "a"}, ANON, session=("s1", 1)))
+    assert fresh.value != first.value

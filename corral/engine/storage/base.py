@@ -140,6 +140,11 @@ class StoreConn:
         self.execute(f"INSERT INTO _session_requests (session_id, request_id, result, ts) VALUES ({p}, {p}, {p}, {p})",
                      (session_id, request_id, result, ts))
 
+    def forget_session_requests(self, before_ts: int) -> int:
+        p = self.dialect.param
+        cursor = self.execute(f"DELETE FROM _session_requests WHERE ts < {p}", (before_ts,))
+        return int(cursor.rowcount or 0)
+
     def count(self, table: str) -> int:
         return int(self.execute(f"SELECT count(*) FROM t_{table}").fetchone()[0])
 
