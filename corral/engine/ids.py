@@ -27,10 +27,9 @@ def tag_of(doc_id: object) -> bytes | None:
     if not isinstance(doc_id, str) or len(doc_id) != ID_LENGTH:
         return None
     try:
-        raw = base64.b32decode(doc_id.upper())
+        return base64.b32decode(doc_id[:8].upper())[:4]  # 8 characters hold the 4-byte tag
     except Exception:
         return None
-    return raw[:4]
 
 
 def is_id_of(doc_id: object, table: str) -> bool:
