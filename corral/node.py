@@ -107,9 +107,7 @@ class Node:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.hub.bind(asyncio.get_running_loop())
-        self._write_node_file()
         housekeeping = asyncio.create_task(self._housekeeping())
-        log.info("node.ready", url=self.url, storage=self.engine.store.dialect_name, data_dir=str(self.settings.data_dir))
         try:
             yield
         finally:
@@ -123,6 +121,11 @@ class Node:
                 await self.engine.forget_old_session_requests()
             except Exception as exc:  # noqa: BLE001 - housekeeping must never take the node down
                 log.warning("node.housekeeping_failed", error=str(exc))
+
+    def announce(self) -> None:
+        """Once the port is bound: record the URL for other commands and log readiness."""
+        self._write_node_file()
+        log.info("node.ready", url=self.url, storage=self.engine.store.dialect_name, data_dir=str(self.settings.data_dir))
 
     def _write_node_file(self) -> None:
         path = Path(self.settings.data_dir) / NODE_FILE

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from corral.engine.errors import ConfigError, CorralError, SchemaError
+from corral.engine.errors import ConfigError, CorralError
 from corral.engine.settings import Settings, default_data_dir
 
 from . import logs
@@ -40,7 +40,7 @@ def main() -> None:
     """
 
 
-def _serve(settings: Settings, announce: bool) -> None:
+def _serve(settings: Settings) -> None:
     import uvicorn
 
     from corral.node import Node
@@ -49,21 +49,25 @@ def _serve(settings: Settings, announce: bool) -> None:
     try:
         node = Node(settings)
         node.start()
-    except (SchemaError, ConfigError) as exc:
-        click.echo(f"corral: cannot start: {exc.message}", err=True)
-        sys.exit(2)
     except CorralError as exc:
         click.echo(f"corral: cannot start: {exc.message}", err=True)
         sys.exit(2)
+
+    class NodeServer(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                node.announce()
+                click.echo(f"Corral is running at {node.url}")
+                click.echo(f"  data:      {settings.data_dir}")
+                click.echo(f"  admin key: corral admin-key --data-dir {settings.data_dir}")
+                click.echo("  stop:      Ctrl+C")
+
     config = uvicorn.Config(node.app, host=settings.host, port=settings.port, log_level="warning",
-                            ws="websockets-sansio", lifespan="on", ws_max_size=32 << 20, ws_ping_interval=settings.ping_interval,
-                            ws_ping_timeout=settings.client_timeout, timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
-    if announce:
-        click.echo(f"Corral is running at {node.url}")
-        click.echo(f"  data:      {settings.data_dir}")
-        click.echo(f"  admin key: corral admin-key --data-dir {settings.data_dir}")
-        click.echo("  stop:      Ctrl+C")
+                            ws="websockets-sansio", lifespan="on", ws_max_size=32 << 20,
+                            ws_ping_interval=settings.ping_interval, ws_ping_timeout=settings.client_timeout,
+                            timeout_graceful_shutdown=5)
+    server = NodeServer(config)
     try:
         server.run()
     except SystemExit:
@@ -92,7 +96,7 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, database: s
       corral serve --functions examples/chat
       corral serve --database postgresql://postgres@127.0.0.1:5432/corral
     """
-    _serve(_settings(host=host, port=port, data_dir=data_dir, database_url=database, functions_dir=functions_dir), announce=True)
+    _serve(_settings(host=host, port=port, data_dir=data_dir, database_url=database, functions_dir=functions_dir))
 
 
 @main.command()
@@ -105,7 +109,7 @@ def up(functions_dir: Path | None) -> None:
     Example:
       corral up
     """
-    _serve(_settings(functions_dir=functions_dir), announce=True)
+    _serve(_settings(functions_dir=functions_dir))
 
 
 @main.command("admin-key")
@@ -128,21 +132,30 @@ def admin_key(data_dir: Path | None, database: str | None) -> None:
 
 
 def _key_from_store(settings: Settings) -> str | None:
-    from corral.engine.storage import open_store
-
-    if not settings.database_url and not settings.sqlite_path.exists():
-        return None
-    store = open_store(settings.database_url, settings.sqlite_path)
-    if settings.database_url:
-        return store.get_meta("admin_key")
+    """The admin key as the database holds it, read without starting a node."""
     import sqlite3
 
-    with sqlite3.connect(settings.sqlite_path) as conn:
+    import psycopg
+
+    from corral.engine.storage import is_postgres, sqlite_file
+
+    query = "SELECT value FROM _meta WHERE key = 'admin_key'"
+    if is_postgres(settings.database_url):
         try:
-            row = conn.execute("SELECT value FROM _meta WHERE key = 'admin_key'").fetchone()
-        except sqlite3.Error:
-            return None
-    return row[0] if row else None
+            with psycopg.connect(settings.database_url, connect_timeout=10) as conn:  # type: ignore[arg-type]
+                row = conn.execute(query).fetchone()
+        except psycopg.Error as exc:
+            raise click.ClickException(f"cannot read the admin key from {settings.database_url}: {exc}") from None
+        return str(row[0]) if row else None
+    path = sqlite_file(settings.database_url, settings.sqlite_path)
+    if not path.exists():
+        return None
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as sconn:
+            srow = sconn.execute(query).fetchone()
+    except sqlite3.Error:
+        return None
+    return str(srow[0]) if srow else None
 
 
 @main.command()
@@ -182,15 +195,22 @@ def run(path: str, args: str, data_dir: Path | None, url: str | None, database: 
         if response.status_code != 200:
             raise click.ClickException(body.get("message", response.text))
         if body.get("status") == "error":
-            raise click.ClickException(body.get("errorMessage", "error"))
+            raise click.ClickException(_describe_failure(body.get("errorMessage", "error"), body.get("errorData")))
         click.echo(json.dumps(body.get("value"), indent=2))
         return
+    if not target.database and not Path(settings.data_dir).exists():
+        raise click.ClickException(f"no node is running for {settings.data_dir} and it holds no data; start one with "
+                                   f"`corral serve --data-dir {settings.data_dir}`, or pass --url")
     click.echo(json.dumps(_run_direct(settings, path, parsed), indent=2))
+
+
+def _describe_failure(message: str, data: Any) -> str:
+    return message if data is None else f"{message}\nerror data: {json.dumps(data)}"
 
 
 def _run_direct(settings: Settings, path: str, args: dict[str, Any]) -> Any:
     from corral.engine.auth import Caller
-    from corral.engine.errors import FunctionError
+    from corral.engine.errors import ConvexError, FunctionError
     from corral.engine.values import decode, encode_clean
     from corral.node import Node
 
@@ -202,9 +222,12 @@ def _run_direct(settings: Settings, path: str, args: dict[str, Any]) -> Any:
     try:
         spec = node.registry.get(path)
         if spec is None:
-            raise click.ClickException(f"there is no function '{path}'")
+            hint = "" if settings.functions_dir else " (no node is running, so pass --functions DIR to load your functions)"
+            raise click.ClickException(f"there is no function '{path}'{hint}")
         value, _ts = asyncio.run(node.engine.call(spec.kind, path, decode(args), Caller.admin()))
         return encode_clean(value)
+    except ConvexError as exc:
+        raise click.ClickException(_describe_failure(exc.message, encode_clean(exc.data))) from None
     except FunctionError as exc:
         raise click.ClickException(exc.message) from None
     finally:

@@ -38,6 +38,13 @@ class FunctionSpec:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
+    def __getitem__(self, item: Any) -> Any:
+        """A function named `list` (Convex's idiom) still lets later annotations say `list[Doc]`."""
+        shadowed = getattr(builtins, self.name, None)
+        if isinstance(shadowed, type):
+            return shadowed[item]  # type: ignore[index]
+        raise TypeError(f"function {self.name!r} is not subscriptable")
+
     @property
     def name(self) -> str:
         return self.fn.__name__

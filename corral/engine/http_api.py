@@ -30,10 +30,10 @@ def error_response(exc: CorralError) -> Response:
     return json_response({"code": exc.code, "message": exc.message}, status)
 
 
-def function_failure(exc: FunctionError) -> Response:
+def function_failure(exc: FunctionError, fmt: str = "convex_encoded_json") -> Response:
     body: dict[str, Any] = {"status": "error", "errorMessage": exc.message}
     if isinstance(exc, ConvexError):
-        body["errorData"] = encode(exc.data)
+        body["errorData"] = encode(exc.data) if fmt in ENCODED_FORMATS else encode_clean(exc.data)
     return json_response(body)
 
 
@@ -57,7 +57,7 @@ class FunctionApi:
 
     async def sync(self, websocket: WebSocket) -> None:
         settings = self.engine.settings
-        await serve_socket(websocket, self.hub, self.auth, settings.ping_interval, settings.client_timeout)
+        await serve_socket(websocket, self.hub, self.auth, settings.ping_interval)
 
     async def _body(self, request: Request) -> dict[str, Any]:
         raw = await request.body()
@@ -100,7 +100,7 @@ class FunctionApi:
         try:
             value, _ts = await self.engine.call(kind, path, self._args(args), caller)
         except FunctionError as exc:
-            return function_failure(exc)
+            return function_failure(exc, fmt)
         try:
             encoded = encode(value) if fmt in ENCODED_FORMATS else encode_clean(value)
         except ValueError_ as exc:

@@ -25,6 +25,7 @@ from .errors import (
     LimitExceeded,
 )
 from .functions import FunctionSpec, Registry, canonical_path
+from .metrics import FUNCTION_CALLS
 from .readsets import ReadSet, WriteSet
 from .settings import Settings
 from .storage import Store, StoreConn
@@ -160,7 +161,7 @@ class Engine:
             db = DatabaseWriter(conn, self.schema, self.clock.now_ms(), self.settings.max_document_bytes)
             ctx = MutationCtx(db, caller, db._now_ms)
             try:
-                with self.watchdog.guard(self.settings.function_timeout, conn, f"mutation {spec.path}"):
+                with self.watchdog.guard(self.settings.function_timeout, conn, f"mutation {spec.path}", writes=True):
                     value = spec.fn(ctx, **args)
                 value = spec.validate_return(value)
                 check_value(value, what=f"the value returned by {spec.path}")
@@ -223,6 +224,15 @@ class Engine:
 
     async def call(self, kind: str, ref: Any, args: Any, caller: Caller) -> tuple[Any, int | None]:
         """Run a function of the given kind for an outside caller; returns (value, commit ts)."""
+        try:
+            result = await self._call(kind, ref, args, caller)
+        except FunctionError:
+            FUNCTION_CALLS.labels(kind, "error").inc()
+            raise
+        FUNCTION_CALLS.labels(kind, "success").inc()
+        return result
+
+    async def _call(self, kind: str, ref: Any, args: Any, caller: Caller) -> tuple[Any, int | None]:
         if kind == "query":
             result = await self.run_query(ref, args, caller)
             return result.value, result.ts

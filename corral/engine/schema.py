@@ -110,7 +110,7 @@ class Table(dict):  # type: ignore[type-arg]
     def __table_validator__(cls) -> Check:
         if cls.__table_check__ is None:
             shape = {n: (compile_type(h), req) for n, (h, req) in cls._fields().items()}
-            cls.__table_check__ = ObjectShape(shape, allow_system=True, factory=cls)
+            cls.__table_check__ = ObjectShape(shape, allow_system=True, factory=cls, defaults=cls.__table_defaults__)
         return cls.__table_check__
 
 

@@ -27,7 +27,7 @@ class Settings:
     function_timeout: float = 1.0
     action_timeout: float = 600.0
     ping_interval: float = 15.0
-    client_timeout: float = 120.0
+    client_timeout: float = 120.0  # a socket that answers no WebSocket ping for this long is dropped
     max_document_bytes: int = 1 << 20
     max_args_bytes: int = 16 << 20
     occ_retries: int = 8
@@ -45,7 +45,7 @@ class Settings:
 
     @classmethod
     def load(cls, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
-        """Defaults < corral.toml (in the working or data directory) < CORRAL_* env < overrides."""
+        """Defaults < corral.toml (in the working directory, or $CORRAL_CONFIG) < CORRAL_* env < overrides."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         known = {f.name: f for f in fields(cls)}

@@ -25,6 +25,7 @@ import structlog
 from .auth import Caller
 from .errors import ConvexError, FunctionError
 from .functions import FunctionSpec
+from .metrics import SYNC_ROUNDS
 from .readsets import ReadSet, WriteSet
 from .runtime import Engine
 from .storage import StoreConn
@@ -221,6 +222,7 @@ class SyncHub:
 
         ts, captures, results = await engine.in_snapshot(work)
         self.rounds += 1
+        SYNC_ROUNDS.inc()
         rendered: dict[tuple[Any, ...], tuple[dict[str, Any], bytes]] = {}
         with self.lock:
             for cap in captures:

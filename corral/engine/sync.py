@@ -19,6 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from .auth import Caller
 from .errors import ConvexError, CorralError, FunctionError, Unauthenticated
 from .functions import canonical_path
+from .metrics import SYNC_CLIENTS
 from .subscriptions import ClientState, Subscription, SyncHub
 from .values import ValueError_, decode, encode
 
@@ -63,13 +64,12 @@ def _args(message: dict[str, Any]) -> dict[str, Any]:
 
 
 class SyncSession:
-    def __init__(self, websocket: WebSocket, hub: SyncHub, authenticator: Any, ping_interval: float, client_timeout: float) -> None:
+    def __init__(self, websocket: WebSocket, hub: SyncHub, authenticator: Any, ping_interval: float) -> None:
         self.ws = websocket
         self.hub = hub
         self.engine = hub.engine
         self.authenticate = authenticator
         self.ping_interval = ping_interval
-        self.client_timeout = client_timeout
         self.session_id: str | None = None
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self.client = ClientState(send=self.outbox.put_nowait)
@@ -79,6 +79,7 @@ class SyncSession:
     async def run(self) -> None:
         await self.ws.accept()
         self.hub.add_client(self.client)
+        SYNC_CLIENTS.inc()
         writer = asyncio.create_task(self._write_loop())
         mutator = asyncio.create_task(self._mutation_loop())
         try:
@@ -92,6 +93,7 @@ class SyncSession:
         except WebSocketDisconnect:
             pass
         finally:
+            SYNC_CLIENTS.dec()
             self.hub.remove_client(self.client)
             for task in (mutator, *self.tasks):
                 task.cancel()
@@ -116,12 +118,8 @@ class SyncSession:
 
     async def _read_loop(self) -> None:
         while True:
-            try:
-                raw = await asyncio.wait_for(self.ws.receive(), timeout=self.client_timeout)
-            except TimeoutError:
-                with contextlib.suppress(Exception):
-                    await self.ws.close(code=1000, reason="ClientTimeout")
-                return
+            # Idle clients send nothing; a dead peer is detected by WebSocket ping/pong (see the server config).
+            raw = await self.ws.receive()
             if raw["type"] == "websocket.disconnect":
                 return
             text = raw.get("text")
@@ -293,8 +291,8 @@ def _failure(exc: FunctionError) -> dict[str, Any]:
     return out
 
 
-async def serve_socket(websocket: WebSocket, hub: SyncHub, authenticator: Any, ping_interval: float, client_timeout: float) -> None:
-    session = SyncSession(websocket, hub, authenticator, ping_interval, client_timeout)
+async def serve_socket(websocket: WebSocket, hub: SyncHub, authenticator: Any, ping_interval: float) -> None:
+    session = SyncSession(websocket, hub, authenticator, ping_interval)
     try:
         await session.run()
     finally:

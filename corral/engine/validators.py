@@ -7,6 +7,7 @@ convert wire values (an integral float for an `int`) and name the field that is 
 
 from __future__ import annotations
 
+import copy
 import math
 import operator
 import types
@@ -134,10 +135,11 @@ class ObjectShape:
     """Fields of an object validator: name → (check, required)."""
 
     def __init__(self, fields: dict[str, tuple[Check, bool]], *, allow_system: bool = False,
-                 factory: Callable[[dict[str, Any]], Any] | None = None) -> None:
+                 factory: Callable[[dict[str, Any]], Any] | None = None, defaults: dict[str, Any] | None = None) -> None:
         self.fields = fields
         self.allow_system = allow_system
         self.factory = factory
+        self.defaults = defaults or {}
 
     def __call__(self, value: Any, path: str) -> Any:
         if not isinstance(value, dict):
@@ -153,8 +155,11 @@ class ObjectShape:
                 raise ValidationFailure(_join(path, key), "unexpected field; it is not declared")
             out[key] = spec[0](inner, _join(path, key))
         for key, (_check, required) in fields.items():
-            if required and key not in value:
-                raise ValidationFailure(_join(path, key), "missing required field")
+            if key not in value:
+                if key in self.defaults:
+                    out[key] = copy.copy(self.defaults[key])
+                elif required:
+                    raise ValidationFailure(_join(path, key), "missing required field")
         return self.factory(out) if self.factory else out
 
 
@@ -206,11 +211,17 @@ def compile_type(tp: Any, *, owner: Any = None) -> Check:
         names = " | ".join(_type_name(arg) for arg in get_args(tp))
 
         def check_union(value: Any, path: str) -> Any:
+            failures = []
             for option in options:
                 try:
                     return option(value, path)
-                except ValidationFailure:
-                    continue
+                except ValidationFailure as exc:
+                    failures.append(exc)
+            # An option that got past the top level (the value was a list, but an item was wrong)
+            # says more than "expected A | B".
+            deeper = [f for f in failures if f.path != path]
+            if len(deeper) == 1:
+                raise deeper[0]
             raise ValidationFailure(path, f"expected {names}, got {describe(value)}")
 
         return check_union

@@ -64,8 +64,9 @@ class Watchdog:
                                 entry.conn.interrupt()
 
     @contextlib.contextmanager
-    def guard(self, seconds: float, conn: Any, label: str) -> Iterator[None]:
+    def guard(self, seconds: float, conn: Any, label: str, writes: bool = False) -> Iterator[None]:
         tid = threading.get_ident()
+        message = f"{label} ran longer than its limit of {seconds:g} s and was stopped" + ("; its writes were rolled back" if writes else "")
         entry = _Guarded(self._clock.monotonic() + seconds, conn, label)
         with self._lock:
             self._active[tid] = entry
@@ -78,10 +79,10 @@ class Watchdog:
                     if entry.fired:
                         _set_async_exc(tid, None)  # type: ignore[arg-type]
         except FunctionInterrupted:
-            raise FunctionTimeout(f"{label} ran longer than its limit of {seconds:g} s and was stopped; its writes were rolled back") from None
+            raise FunctionTimeout(message) from None
         except Exception:
             if entry.fired:
-                raise FunctionTimeout(f"{label} ran longer than its limit of {seconds:g} s and was stopped; its writes were rolled back") from None
+                raise FunctionTimeout(message) from None
             raise
         if entry.fired:
-            raise FunctionTimeout(f"{label} ran longer than its limit of {seconds:g} s and was stopped; its writes were rolled back")
+            raise FunctionTimeout(message)

@@ -53,12 +53,35 @@ def test_run_goes_through_the_running_node(chat_node):
     assert [m["body"] for m in json.loads(listed.stdout)] == ["hi"]
 
 
-def test_run_opens_the_store_directly_when_no_node_runs(tmp_path):
-    data = tmp_path / "data"
-    sent = corral("run", "messages:send", '{"author": "a", "body": "offline"}', "--data-dir", str(data), "--functions", str(CHAT))
-    assert sent.returncode == 0, sent.stderr
-    listed = corral("run", "messages:list", "--data-dir", str(data), "--functions", str(CHAT))
-    assert [m["body"] for m in json.loads(listed.stdout)] == ["offline"]
+def test_run_opens_the_store_directly_when_no_node_runs(live_node_factory):
+    node = live_node_factory(functions=CHAT)
+    assert corral("run", "messages:send", '{"author": "a", "body": "kept"}', "--data-dir", str(node.data_dir)).returncode == 0
+    node.stop()
+    listed = corral("run", "messages:list", "--data-dir", str(node.data_dir), "--functions", str(CHAT))
+    assert listed.returncode == 0, listed.stderr
+    assert [m["body"] for m in json.loads(listed.stdout)] == ["kept"]
+    without_functions = corral("run", "messages:list", "--data-dir", str(node.data_dir))
+    assert without_functions.returncode != 0 and "pass --functions" in without_functions.stderr
+
+
+def test_run_with_no_node_and_no_data_says_what_to_do(tmp_path):
+    result = corral("run", "messages:list", "--data-dir", str(tmp_path / "nothing"))
+    assert result.returncode != 0
+    assert "no node is running" in result.stderr and "corral serve" in result.stderr
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_run_shows_convex_error_data(live_node):
+    result = corral("run", "misc:fail_action", "--data-dir", str(live_node.data_dir))
+    assert result.returncode != 0
+    assert '{"why": "because"}' in result.stderr
+
+
+def test_admin_key_from_the_database_without_a_node(chat_node, tmp_path):
+    sqlite = chat_node.data_dir / "corral.sqlite3"
+    result = corral("admin-key", "--database", f"sqlite://{sqlite}", "--data-dir", str(tmp_path / "elsewhere"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == chat_node.admin_key
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,8 @@ def test_formats_encoded_and_clean(live_node):
 def test_convex_error_data_reaches_the_client(live_node):
     response = post(live_node, "/api/mutation", {"path": "misc:fail_action", "args": {}})
     assert response.json()["status"] == "error"  # an action is not a mutation: not found
+    int64_data = post(live_node, "/api/mutation", {"path": "rooms:post", "args": {"room_id": "k" * 32, "author": "a", "body": "b"}})
+    assert int64_data.json()["status"] == "error"
     action = post(live_node, "/api/action", {"path": "misc:fail_action", "args": {}})
     assert action.status_code == 200
     assert action.json() == {"status": "error", "errorMessage": "ConvexError", "errorData": {"why": "because"}}
@@ -123,5 +125,9 @@ def test_console_and_metrics(live_node):
     page = httpx.get(live_node.url + "/")
     assert page.status_code == 200
     assert "rooms:latest" in page.text and "kitchen_sink" in page.text and "workspaces" in page.text
+    post(live_node, "/api/query", {"path": "rooms:list"})
+    post(live_node, "/api/query", {"path": "rooms:nope"})
     metrics = httpx.get(live_node.url + "/metrics")
-    assert metrics.status_code == 200 and "corral_" in metrics.text
+    assert metrics.status_code == 200
+    assert 'corral_function_calls_total{kind="query",outcome="success"} 1.0' in metrics.text
+    assert 'corral_function_calls_total{kind="query",outcome="error"} 1.0' in metrics.text

@@ -151,3 +151,48 @@ def test_function_signatures_are_checked_at_start(make_node, tmp_path):
     app = write_app(tmp_path / "app", V1, "from corral import query\n@query\ndef f(ctx, x: complex) -> None:\n    return None\n")
     with pytest.raises(SchemaError, match="notes:f"):
         make_node(functions=app)
+
+
+def test_a_new_field_with_a_default_is_stored_and_indexed_for_existing_documents(make_node, tmp_path, database_url):
+    app = write_app(tmp_path / "app", V1, """
+        from typing import Any
+        from corral import mutation, query
+        @mutation
+        def add(ctx, doc: dict[str, Any]) -> str:
+            return ctx.db.insert("notes", doc)
+        @query
+        def by_effort(ctx, effort: int) -> list[Any]:
+            return ctx.db.query("notes").with_index("by_effort", lambda q: q.eq("effort", effort)).collect()
+    """)
+    data = tmp_path / "data"
+    node = make_node(database_url, functions=app, data_dir=data)
+    run(node, "mutation", "notes:add", {"doc": {"text": "old", "tag": "t"}})
+    node.stop()
+    (app / "schema.py").write_text(textwrap.dedent("""
+        from corral import Table, index
+        class Note(Table, name="notes"):
+            text: str
+            tag: str
+            effort: int = 0
+            indexes = [index("by_effort", "effort")]
+    """))
+    node = make_node(database_url, functions=app, data_dir=data)
+    run(node, "mutation", "notes:add", {"doc": {"text": "new", "tag": "t"}})
+    assert [n["text"] for n in run(node, "query", "notes:by_effort", {"effort": 0})] == ["old", "new"]
+
+
+def test_a_function_named_list_does_not_break_later_annotations(make_node, tmp_path):
+    app = write_app(tmp_path / "app", V1, """
+        from typing import Any
+        from corral import query
+
+        @query
+        def list(ctx) -> list[dict[str, Any]]:
+            return ctx.db.query("notes").collect()
+
+        @query
+        def texts(ctx) -> list[str]:
+            return [n["text"] for n in ctx.db.query("notes").collect()]
+    """)
+    node = make_node(functions=app)
+    assert run(node, "query", "notes:texts") == []

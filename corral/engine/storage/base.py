@@ -216,7 +216,7 @@ class Store:
     def _sync_schema(self, conn: StoreConn, schema: Schema) -> None:
         """Bring the database to the schema: add tables and indexes, refuse violations."""
         from .. import keys as keymod
-        from ..values import decode
+        from ..values import decode, encode
 
         existing = self._existing_tables(conn)
         p = self.dialect.param
@@ -233,9 +233,10 @@ class Store:
                 continue
             have = existing[name]["indexes"]
             rows = None
+            gained_defaults: list[tuple[str, float, dict[str, Any]]] = []
             if existing[name]["fingerprint"] != tdef.fingerprint:
                 rows = conn.execute(f"SELECT id, ct, doc FROM t_{name}").fetchall()
-                _refuse_violations(tdef, rows)
+                gained_defaults = _check_documents(tdef, rows)
             for index in [i for i in have if i not in wanted or have[i] != wanted[i]]:
                 conn.execute(f"DROP INDEX ix_{name}__{index}")
                 conn.execute(f"ALTER TABLE t_{name} DROP COLUMN {key_column(index)}")
@@ -253,20 +254,31 @@ class Store:
                     conn.execute(f"UPDATE t_{name} SET {sets} WHERE id = {p}", (*values, doc_id))
                 for index in added:
                     conn.execute(f"CREATE UNIQUE INDEX ix_{name}__{index} ON t_{name} ({key_column(index)})")
+            for doc_id, ct, doc in gained_defaults:  # store (and index) the defaults new fields declare
+                values = [keymod.index_key(doc, wanted[i], ct, doc_id) for i in wanted]
+                sets = ", ".join(["doc = " + p, *(f"{key_column(i)} = {p}" for i in wanted)])
+                conn.execute(f"UPDATE t_{name} SET {sets} WHERE id = {p}",
+                             (orjson.dumps(encode(doc)).decode(), *values, doc_id))
             conn.execute(f"UPDATE _tables SET fingerprint = {p}, indexes = {p} WHERE name = {p}",
                          (tdef.fingerprint, orjson.dumps(wanted).decode(), name))
 
 
-def _refuse_violations(tdef: TableDef, rows: list[Any]) -> None:
+def _check_documents(tdef: TableDef, rows: list[Any]) -> list[tuple[str, float, dict[str, Any]]]:
+    """Refuse a schema that existing documents violate; return the documents that gain defaults."""
     from ..validators import ValidationFailure
     from ..values import decode
 
     problems = []
-    for doc_id, _ct, text in rows:
+    gained = []
+    for doc_id, ct, text in rows:
+        stored = decode(orjson.loads(text))
         try:
-            tdef.validate(decode(orjson.loads(text)))
+            valid = tdef.validate(stored)
         except ValidationFailure as exc:
             problems.append(f"  {tdef.name} {doc_id}: {exc}")
+            continue
+        if valid != stored:
+            gained.append((doc_id, ct, valid))
     if problems:
         shown = problems[:20]
         more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -275,6 +287,7 @@ def _refuse_violations(tdef: TableDef, rows: list[Any]) -> None:
             + "\n".join(shown) + more
             + "\nMake the new fields optional, or change those documents before applying this schema."
         )
+    return gained
 
 
 def iter_batches(items: list[Any], size: int) -> Iterator[list[Any]]:
