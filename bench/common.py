@@ -20,6 +20,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -121,6 +122,20 @@ def emit_json(name: str, figures: dict[str, Any]) -> None:
     print(json.dumps({"bench": name, **clean(figures)}, sort_keys=False))
 
 
+def engine_version() -> str:
+    """The commit the node runs, and whether `corral/` has uncommitted changes (the engine is edited concurrently)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "corral"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not head:
+        return "unknown"
+    return head + (" + uncommitted changes in corral/" if dirty else "")
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -158,10 +173,17 @@ class NodeProcess:
         self._log: Any = None
 
     @classmethod
-    def corral(cls, database: str | None = None, functions: Path = FUNCTIONS, label: str = "corral") -> NodeProcess:
+    def corral(cls, database: str | None = None, functions: Path = FUNCTIONS, label: str = "corral",
+               switch_interval: float | None = None) -> NodeProcess:
+        """`python -m corral serve` on a free port; `switch_interval` (seconds) runs it with
+        `sys.setswitchinterval(...)` first, to experiment with GIL hand-off (default: Python's 5 ms)."""
         def command(port: int, data_dir: Path) -> list[str]:
-            cmd = [sys.executable, "-m", "corral", "serve", "--port", str(port), "--data-dir", str(data_dir / "data"),
-                   "--functions", str(functions)]
+            if switch_interval is None:
+                cmd = [sys.executable, "-m", "corral"]
+            else:
+                cmd = [sys.executable, "-c", f"import runpy, sys; sys.setswitchinterval({switch_interval!r}); "
+                       "sys.argv[0] = 'corral'; runpy.run_module('corral', run_name='__main__', alter_sys=True)"]
+            cmd += ["serve", "--port", str(port), "--data-dir", str(data_dir / "data"), "--functions", str(functions)]
             if database:
                 cmd += ["--database", database]
             return cmd
@@ -270,6 +292,24 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / _TICKS
 
 
+def processes_cpu_seconds(name: str) -> float:
+    """User + system CPU seconds of every process whose command name is `name` (e.g. PostgreSQL's backends)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        if comm == name:
+            fields = text.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _TICKS
+    return total
+
+
 class CpuMeter:
     """CPU use, in cores, over a stretch of wall time: of the server, of this (client) process,
     and of everything else on the machine (other users' work competing for the same cores)."""
@@ -283,16 +323,19 @@ class CpuMeter:
         self.server0 = self.node.cpu_seconds() if self.node else 0.0
         self.client0 = self_cpu_seconds()
         self.machine0 = machine_busy_seconds()
+        self.postgres0 = processes_cpu_seconds("postgres")
 
     def read(self) -> tuple[float, float]:
         server, client, _other = self.read3()
         return server, client
 
     def read3(self) -> tuple[float, float, float]:
+        """(server, client, other) cores; `postgres` (PostgreSQL's processes, part of other) is set too."""
         wall = max(time.monotonic() - self.t0, 1e-9)
         server = ((self.node.cpu_seconds() - self.server0) / wall) if self.node else 0.0
         client = (self_cpu_seconds() - self.client0) / wall
         machine = (machine_busy_seconds() - self.machine0) / wall
+        self.postgres = (processes_cpu_seconds("postgres") - self.postgres0) / wall
         return server if self.node else float("nan"), client, max(0.0, machine - server - client)
 
 
@@ -500,3 +543,80 @@ class HttpConnection:
             with contextlib.suppress(Exception):
                 await self.writer.wait_closed()
         self.reader = self.writer = None
+
+
+# -- profiling (optional: needs py-spy, `.venv/bin/pip install py-spy`) ---------------
+
+PROFILE_BUCKETS: list[tuple[str, tuple[str, ...]]] = [
+    ("live-query rounds: running queries", ("SyncHub._execute",)),
+    ("live-query rounds: _apply (encode, hash, re-index)", ("SyncHub._apply",)),
+    ("commit invalidation (_on_commit)", ("SyncHub._on_commit",)),
+    ("live-query rounds: other", ("SyncHub._round", "SyncHub._run_rounds", "SyncHub._capture")),
+    ("mutation function body incl. ctx.db", ("transfer (accounts.py", "send (messages.py", "seed (accounts.py")),
+    ("mutation job wrapper (session dedup, checks)", ("Engine._mutation_job",)),
+    ("store writer: batch, SQL commit, publish", ("SqliteStore._run_batch", "PostgresStore._run_job", "SqliteStore._write_loop")),
+    ("PostgreSQL commit follower", ("PostgresStore._follow",)),
+    ("sync session: mutation loop (args, futures)", ("SyncSession._mutation_loop",)),
+    ("sync session: write loop (orjson + send_text)", ("SyncSession._write_loop",)),
+    ("sync session: read loop (receive, parse)", ("SyncSession._read_loop",)),
+    ("HTTP query API", ("FunctionApi", "Engine.run_query")),
+    ("uvicorn WebSocket/HTTP protocol", ("websockets_sansio_impl", "httptools_impl")),
+    ("watchdog", ("Watchdog._loop",)),
+]
+
+
+def py_spy() -> str | None:
+    candidate = Path(sys.executable).parent / "py-spy"
+    return str(candidate) if candidate.exists() else shutil.which("py-spy")
+
+
+class Profiler:
+    """`py-spy record --gil` of a server for a stretch of time, in collapsed-stack form."""
+
+    def __init__(self, pid: int, path: Path, seconds: float, gil: bool = True) -> None:
+        exe = py_spy()
+        if exe is None:
+            raise RuntimeError("--profile needs py-spy: .venv/bin/pip install py-spy")
+        self.path = path
+        cmd = [exe, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", "200",
+               "--format", "raw", "--nonblocking", "-o", str(path)]
+        if gil:
+            cmd.append("--gil")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def finish(self, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return summarize_profile(self.path)
+
+
+def summarize_profile(path: Path, top: int = 12) -> str:
+    """Share of samples per engine component, and the hottest leaf functions."""
+    buckets: dict[str, int] = {}
+    leaves: dict[str, int] = {}
+    total = 0
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            n = int(count)
+            total += n
+            name = next((label for label, keys in PROFILE_BUCKETS if any(k in stack for k in keys)), "event loop / other")
+            buckets[name] = buckets.get(name, 0) + n
+            leaf = re.sub(r":\d+\)$", ")", stack.rsplit(";", 1)[-1])
+            leaves[leaf] = leaves.get(leaf, 0) + n
+    if not total:
+        return f"{path}: no samples"
+    lines = [f"{path}: {total} samples"]
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in sorted(buckets.items(), key=lambda kv: -kv[1])]
+    lines.append("  hottest functions (self):")
+    lines += [f"  {100 * n / total:5.1f}%  {leaf}" for leaf, n in sorted(leaves.items(), key=lambda kv: -kv[1])[:top]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print("bench.common holds the benchmarks' shared helpers; run `python -m bench.live_queries` or `python -m bench.transfers`.")

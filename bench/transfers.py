@@ -17,7 +17,8 @@ Same-run baselines:
 Target: Corral ≥ 1,500 TPS at both contention levels on SQLite. Convex's published figures
 (keynote-2): 438 TPS low contention, 58 TPS high contention.
 
-    python -m bench.transfers [--quick] [--json] [--seconds S] [--accounts N]
+    python -m bench.transfers [--quick] [--json] [--seconds S] [--accounts N] [--postgres URL|'']
+                              [--only corral-sqlite|corral-postgres|baselines] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -45,10 +46,12 @@ from .common import (
     CpuMeter,
     HttpConnection,
     NodeProcess,
+    Profiler,
     SyncConnection,
     close_all,
     decode_int,
     emit_json,
+    engine_version,
     fmt,
     log,
     open_many,
@@ -66,7 +69,7 @@ CONNECTIONS = 50
 ALPHA = 1.5
 INITIAL_BALANCE = 1_000_000
 AMOUNT = 1
-SEED_BATCH = 2_000
+SEED_BATCH = 1_000  # inserts per seeding mutation: well inside the 1 s function time limit, also on PostgreSQL
 TARGET_TPS = 1_500
 CONVEX_TPS = {"uniform": 438, "zipf": 58}
 monotonic = time.monotonic
@@ -126,8 +129,10 @@ class Case:
     server_cpu: float = float("nan")
     client_cpu: float = float("nan")
     other_cpu: float = float("nan")
+    pg_cpu: float = float("nan")
     chain_errors: int = 0
     note: str = ""
+    profile: str = ""
 
     @property
     def tps(self) -> float:
@@ -137,7 +142,7 @@ class Case:
         return {"tps": self.tps, "done": self.done, "failed": self.failed, "seconds": self.seconds,
                 "p50_ms": percentile(self.latencies, 50), "p99_ms": percentile(self.latencies, 99),
                 "server_cpu_cores": self.server_cpu, "client_cpu_cores": self.client_cpu,
-                "chain_errors": self.chain_errors}
+                "other_cpu_cores": self.other_cpu, "postgres_cpu_cores": self.pg_cpu, "chain_errors": self.chain_errors}
 
 
 # -- the sync-protocol load generator ---------------------------------------------
@@ -155,7 +160,7 @@ async def seed_accounts(url: str, n: int) -> list[str]:
 
 
 async def drive(url: str, ids: list[str], case: Case, kind: str, duration: float, warmup: float,
-                meter_node: NodeProcess | None) -> Case:
+                meter_node: NodeProcess | None, profile: Path | None = None) -> Case:
     """50 connections, each looping transfer → (MutationResponse + Transition) for `duration` s after `warmup`."""
     conns = await open_many(url, CONNECTIONS)
     n = len(ids)
@@ -210,12 +215,24 @@ async def drive(url: str, ids: list[str], case: Case, kind: str, duration: float
     async def meter() -> None:
         await asyncio.sleep(max(0.0, measure_from - monotonic()))
         cpu = CpuMeter(meter_node)
+        profiler = Profiler(meter_node.pid, profile, duration) if profile and meter_node else None
         await asyncio.sleep(max(0.0, stop_at - monotonic()))
         case.server_cpu, case.client_cpu, case.other_cpu = cpu.read3()
+        case.pg_cpu = cpu.postgres
+        if profiler is not None:
+            case.profile = await profiler.finish()
 
+    tasks = [asyncio.create_task(meter())] + [asyncio.create_task(worker(c, 1000 + i)) for i, c in enumerate(conns)]
     try:
-        await asyncio.wait_for(asyncio.gather(meter(), *(worker(c, 1000 + i) for i, c in enumerate(conns))),
-                               timeout=warmup + duration + 60)
+        # Every worker stops by itself after stop_at; one stuck waiting for the server is cancelled.
+        finished, stuck = await asyncio.wait(tasks, timeout=max(0.0, stop_at - monotonic()) + 20)
+        for task in stuck:
+            task.cancel()
+        if stuck:
+            case.note = f"{len(stuck)} connections still waiting 20 s after the window"
+        for task in finished:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
     finally:
         case.chain_errors = sum(c.chain_errors for c in conns)
         await close_all(conns)
@@ -223,8 +240,9 @@ async def drive(url: str, ids: list[str], case: Case, kind: str, duration: float
     return case
 
 
-async def corral_backend(label: str, database: str | None, n: int, duration: float, warmup: float) -> tuple[list[Case], float, str]:
-    node = NodeProcess.corral(database=database, label=f"corral ({label})")
+async def corral_backend(label: str, database: str | None, n: int, duration: float, warmup: float,
+                         switch_interval: float | None, profile_dir: Path | None) -> tuple[list[Case], float, str]:
+    node = NodeProcess.corral(database=database, label=f"corral ({label})", switch_interval=switch_interval)
     node.start()
     try:
         log(f"Corral {label}: node pid {node.pid} on port {node.port}; seeding {n:,} accounts")
@@ -233,7 +251,8 @@ async def corral_backend(label: str, database: str | None, n: int, duration: flo
         log(f"Corral {label}: seeded in {monotonic() - t:.1f} s")
         cases = []
         for kind in ("uniform", "zipf"):
-            case = await drive(node.ws_url, ids, Case("Corral", label, kind), kind, duration, warmup, node)
+            profile = profile_dir / f"transfers-corral-{label.lower()}-{kind}.txt" if profile_dir else None
+            case = await drive(node.ws_url, ids, Case("Corral", label, kind), kind, duration, warmup, node, profile)
             log(f"Corral {label} {kind}: {case.tps:,.0f} TPS ({case.failed} failed)")
             cases.append(case)
         check = await _conservation(node, ids)
@@ -247,8 +266,8 @@ async def _conservation(node: NodeProcess, ids: list[str]) -> str:
     http = HttpConnection(node.port)
     total = 0
     try:
-        for start in range(0, len(ids), 2_000):
-            status, reply = await http.post("/api/query", {"path": "accounts:balances", "args": {"ids": ids[start:start + 2_000]},
+        for start in range(0, len(ids), 500):
+            status, reply = await http.post("/api/query", {"path": "accounts:balances", "args": {"ids": ids[start:start + 500]},
                                                            "format": "convex_encoded_json"})
             if status != 200 or reply.get("status") != "success":
                 return f"conservation check failed to run: {reply}"
@@ -302,7 +321,7 @@ def direct_sql(n: int, duration: float) -> tuple[list[Case], str]:
             pick = make_picker(kind, n, 7)
             case = Case("direct SQL", "SQLite", kind)
             t0 = time.perf_counter()
-            cpu0 = os.times()
+            cpu = CpuMeter(None)
             deadline = t0 + duration
             done = 0
             while True:
@@ -321,8 +340,8 @@ def direct_sql(n: int, duration: float) -> tuple[list[Case], str]:
                     break
             case.seconds = time.perf_counter() - t0
             case.done = done
-            cpu1 = os.times()
-            case.client_cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / case.seconds
+            _nan, case.client_cpu, case.other_cpu = cpu.read3()
+            case.pg_cpu = cpu.postgres
             log(f"direct SQL {kind}: {case.tps:,.0f} TPS")
             cases.append(case)
         total = execute("SELECT sum(balance) FROM accounts").fetchone()[0]
@@ -336,11 +355,20 @@ def direct_sql(n: int, duration: float) -> tuple[list[Case], str]:
 
 # -- main -----------------------------------------------------------------------------
 
+def _engine_line(before: str) -> str:
+    after = engine_version()
+    return before if after == before else f"{before} at the start, {after} at the end (the engine changed during the run)"
+
+
 def _extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=None, help="measured seconds per case")
     parser.add_argument("--accounts", type=int, default=None, help="number of accounts")
     parser.add_argument("--only", choices=["corral-sqlite", "corral-postgres", "baselines"], default=None,
                         help="run one part only (for profiling); ratios need the full set")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="record a py-spy --gil profile of the Corral node during each measured case into DIR")
+    parser.add_argument("--switch-interval", type=float, default=None, metavar="SECONDS",
+                        help="experiment: run the Corral node with sys.setswitchinterval(SECONDS) (Python's default: 0.005)")
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -349,37 +377,50 @@ async def main(args: argparse.Namespace) -> int:
     duration = args.seconds or (5.0 if args.quick else 20.0)
     warmup = 0.5 if args.quick else 2.0
     t_start = monotonic()
+    load_before = os.getloadavg()
+    version_before = engine_version()
     cases: list[Case] = []
     rss: dict[str, float] = {}
     checks: dict[str, str] = {}
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     if args.only in (None, "baselines"):
-        sql_cases, checks["direct SQL"] = direct_sql(n, min(duration, 3.0) if args.quick else duration)
+        sql_cases, checks["direct SQL"] = direct_sql(n, min(duration, 2.0) if args.quick else duration)
         cases += sql_cases
         bare_cases, rss["bare WS server"], checks["bare WS"] = await bare_ws_backend(n, duration, warmup)
         cases += bare_cases
     if args.only in (None, "corral-sqlite"):
-        c, rss["Corral SQLite"], checks["Corral SQLite"] = await corral_backend("SQLite", None, n, duration, warmup)
+        c, rss["Corral SQLite"], checks["Corral SQLite"] = await corral_backend("SQLite", None, n, duration, warmup, args.switch_interval, args.profile)
         cases += c
     if args.only in (None, "corral-postgres"):
         pg_skip = postgres_available(args.postgres)
         if pg_skip is None:
             with postgres_schema(args.postgres) as url:
-                c, rss["Corral PostgreSQL"], checks["Corral PostgreSQL"] = await corral_backend("PostgreSQL", url, n, duration, warmup)
+                c, rss["Corral PostgreSQL"], checks["Corral PostgreSQL"] = await corral_backend("PostgreSQL", url, n, duration, warmup, args.switch_interval, args.profile)
             cases += c
         else:
             log(f"PostgreSQL cases skipped: {pg_skip}")
 
-    print(f"\nbench.transfers ({mode}): {n:,} accounts, {CONNECTIONS} sync-protocol connections (one client process, "
-          f"one transfer in flight per connection), {duration:g} s measured per case after {warmup:g} s warm-up; "
-          f"Zipf alpha {ALPHA}; machine: {CPUS} cores shared by client and server")
+    print(f"\nbench.transfers ({mode}): {n:,} accounts; {CONNECTIONS} sync-protocol connections from one client "
+          f"process (uvloop, orjson), one transfer in flight per connection; {duration:g} s measured per case after "
+          f"{warmup:g} s warm-up; Zipf alpha {ALPHA}; machine: {CPUS} cores shared by client, server, PostgreSQL and "
+          f"anything else running")
     rows = []
     for c in cases:
+        notes = [c.note] if c.note else []
+        if c.chain_errors:
+            notes.append(f"Transition chain errors={c.chain_errors}")
         rows.append([c.system, c.backend, "low (uniform)" if c.contention == "uniform" else f"high (zipf {ALPHA})",
-                     c.tps, percentile(c.latencies, 50), percentile(c.latencies, 99), c.failed,
+                     fmt(c.tps, 0), percentile(c.latencies, 50), percentile(c.latencies, 99), c.failed,
                      f"{c.server_cpu:.2f}" if c.server_cpu == c.server_cpu else "-", f"{c.client_cpu:.2f}",
-                     c.note or ("" if not c.chain_errors else f"chain errors={c.chain_errors}")])
-    print_table("transfers per second (done = MutationResponse + Transition at or past its ts)",
-                ["system", "backend", "contention", "TPS", "p50 ms", "p99 ms", "failed", "server CPU", "client CPU", "note"], rows)
+                     f"{c.other_cpu:.2f} ({c.pg_cpu:.2f})", "; ".join(notes)])
+    print_table("transfers per second (done = MutationResponse + a Transition at or past its ts)",
+                ["system", "backend", "contention", "TPS", "p50 ms", "p99 ms", "failed", "server CPU", "client CPU",
+                 "other CPU (PG)", "note"], rows)
+    print("direct SQL runs in the client process (its CPU is the client column); 'failed': the mutation returned "
+          "an error (PostgreSQL: serialization conflicts left after the engine's retries). CPU columns: cores used "
+          "during the case by the server, by this client process, and by everything else on the machine (in brackets: "
+          "PostgreSQL's processes, part of it).")
 
     figures: dict[str, Any] = {"mode": mode, "accounts": n, "connections": CONNECTIONS, "seconds": duration,
                                "alpha": ALPHA, "cpus": CPUS}
@@ -411,6 +452,9 @@ async def main(args: argparse.Namespace) -> int:
             verdicts.append(ok)
             figures[f"target_sqlite_{contention}"] = verdict(ok)
             print(f"  target: Corral SQLite ≥ {TARGET_TPS:,} TPS at {label}: {verdict(ok)}")
+    for c in cases:
+        if c.profile:
+            print(f"\nprofile of the node, Corral {c.backend} {c.contention} (share of samples holding the GIL):\n{c.profile}")
     for name, check in checks.items():
         print(f"{name}: {check}")
         figures[f"check_{name.lower().replace(' ', '_')}"] = check
@@ -418,7 +462,11 @@ async def main(args: argparse.Namespace) -> int:
         print(f"peak RSS of the {name} process: {mb:,.0f} MiB")
         figures[f"peak_rss_mb_{name.lower().replace(' ', '_')}"] = mb
     figures["wall_seconds"] = monotonic() - t_start
-    print(f"wall time: {figures['wall_seconds']:.0f} s")
+    figures["engine"] = _engine_line(version_before)
+    print(f"engine: {figures['engine']}")
+    figures["loadavg_before"], figures["loadavg_after"] = load_before[0], os.getloadavg()[0]
+    print(f"load average before/after: {load_before[0]:.2f} / {figures['loadavg_after']:.2f}; "
+          f"wall time: {figures['wall_seconds']:.0f} s")
     if args.json:
         emit_json("transfers", figures)
     return 0
