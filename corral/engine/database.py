@@ -312,7 +312,11 @@ class DatabaseReader:
         row = self._conn.get(tdef.name, doc_id)
         if row is None:
             return None
+        self._remember(doc_id, row[0], row[1])
         return self._decode(tdef, doc_id, row[0], row[1])
+
+    def _remember(self, doc_id: str, ct: float, text: str) -> None:
+        """Writers keep the rows they read, so a patch after a get does not read again."""
 
     def query(self, table: Any) -> Query:
         return Query(self, self._table(table))
@@ -336,6 +340,10 @@ class DatabaseWriter(DatabaseReader):
         self._last_ct = 0.0
         self._max_bytes = max_document_bytes
         self.docs_written = 0
+        self._rows: dict[str, tuple[float, str]] = {}  # id → (creation time, stored text) as of now
+
+    def _remember(self, doc_id: str, ct: float, text: str) -> None:
+        self._rows[doc_id] = (ct, text)
 
     def _index_keys(self, tdef: TableDef, doc: dict[str, Any], ct: float, doc_id: str) -> dict[str, bytes]:
         out = {CT_INDEX: keys.index_key(doc, (), ct, doc_id)}
@@ -380,13 +388,16 @@ class DatabaseWriter(DatabaseReader):
         self._last_ct = ct
         index_keys = self._index_keys(tdef, body, ct, doc_id)
         self._conn.insert(tdef.name, doc_id, ct, text, index_keys)
+        self._rows[doc_id] = (ct, text)
         self._record(tdef.name, doc_id, index_keys)
         self._count_written()
         return doc_id
 
     def _existing(self, doc_id: Any, verb: str) -> tuple[TableDef, dict[str, Any], float]:
         tdef = self._schema.table_of_id(doc_id)
-        row = self._conn.get(tdef.name, doc_id) if tdef is not None else None
+        row = self._rows.get(doc_id) if isinstance(doc_id, str) else None
+        if row is None and tdef is not None:
+            row = self._conn.get(tdef.name, doc_id)
         if tdef is None or row is None:
             raise FunctionError(f"cannot {verb} document {doc_id!r}: it does not exist")
         doc = decode(orjson.loads(row[1]))
@@ -398,6 +409,7 @@ class DatabaseWriter(DatabaseReader):
         new_keys = self._index_keys(tdef, body, ct, doc_id)
         changed = {k: v for k, v in new_keys.items() if old_keys[k] != v}
         self._conn.update(tdef.name, doc_id, text, changed)
+        self._rows[doc_id] = (ct, text)
         self._record(tdef.name, doc_id, old_keys)
         self._record(tdef.name, doc_id, changed)
         self._count_written()
@@ -420,6 +432,7 @@ class DatabaseWriter(DatabaseReader):
     def delete(self, doc_id: Any) -> None:  # type: ignore[override]
         tdef, old, ct = self._existing(doc_id, "delete")
         self._conn.delete(tdef.name, doc_id)
+        self._rows.pop(doc_id, None)
         self._record(tdef.name, doc_id, self._index_keys(tdef, old, ct, doc_id))
         self._count_written()
 

@@ -7,12 +7,14 @@ belongs to without a lookup and `Id[Table]` can be checked at the boundary.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 
 ID_LENGTH = 32
 
 
+@functools.lru_cache(maxsize=4096)
 def table_tag(table: str) -> bytes:
     return hashlib.sha256(table.encode("utf-8")).digest()[:4]
 

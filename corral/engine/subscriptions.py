@@ -207,6 +207,14 @@ class SyncHub:
     async def _round(self) -> None:
         engine = self.engine
         store = self.store
+        with self.lock:
+            published = store.published_ts
+            if not any(client.awaiting_ts > published or any(sub.invalid_ts > sub.valid_ts for sub in client.queries.values())
+                       for client in self._dirty):
+                # Nothing to re-run (say, only mutation acknowledgements): every subscription is
+                # still valid at the newest announced commit, so no snapshot is needed.
+                self._finish_round(published, self._capture(published), {})
+                return
 
         def work(conn: StoreConn, ts: int) -> tuple[int, list[_Capture], dict[tuple[Any, ...], Any]]:
             if ts > store.published_ts:
@@ -221,6 +229,9 @@ class SyncHub:
             return ts, captures, results
 
         ts, captures, results = await engine.in_snapshot(work)
+        self._finish_round(ts, captures, results)
+
+    def _finish_round(self, ts: int, captures: list[_Capture], results: dict[tuple[Any, ...], Any]) -> None:
         self.rounds += 1
         SYNC_ROUNDS.inc()
         rendered: dict[tuple[Any, ...], tuple[dict[str, Any], bytes]] = {}

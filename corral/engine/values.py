@@ -40,8 +40,11 @@ def _unb64(text: Any, what: str) -> bytes:
 
 def encode(value: Any) -> Any:
     """Python value → Convex encoded JSON (a JSON-compatible Python structure)."""
-    if value is None or value is True or value is False or isinstance(value, str):
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
         return value
+    if kind is dict:
+        return {k: encode(v) for k, v in value.items()}
     if isinstance(value, float):
         if math.isfinite(value) and not (value == 0.0 and math.copysign(1.0, value) < 0):
             return value
@@ -80,17 +83,16 @@ def encode_clean(value: Any) -> Any:
 
 def decode(value: Any, depth: int = 0) -> Any:
     """Convex encoded JSON → Python value. JSON numbers are float64."""
+    kind = type(value)
+    if kind is str or kind is float or value is None or kind is bool:
+        return value
     if depth > MAX_NESTING:
         raise LimitExceeded(f"value is nested deeper than {MAX_NESTING} levels")
-    if value is None or value is True or value is False or isinstance(value, str):
-        return value
-    if isinstance(value, float):
-        return value
-    if isinstance(value, int):
+    if kind is int:
         return float(value)
-    if isinstance(value, list):
+    if kind is list:
         return [decode(v, depth + 1) for v in value]
-    if isinstance(value, dict):
+    if kind is dict:
         if len(value) == 1:
             ((key, inner),) = value.items()
             if key == "$integer":

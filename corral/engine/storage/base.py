@@ -197,9 +197,11 @@ class Store:
     def _publish(self, ts: int, writes: WriteSet) -> None:
         if ts <= self.published_ts:
             return
-        self.published_ts = ts
         for listener in self.listeners:
             listener(ts, writes)
+        # Raised only once every listener has seen the commit: whoever reads published_ts under a
+        # listener's lock knows that every commit up to it has been taken into account.
+        self.published_ts = ts
 
     # -- meta values
     def get_meta(self, key: str) -> str | None:
