@@ -48,10 +48,8 @@ class MutationResult:
     ts: int
 
 
-@dataclass
-class Deduplicated:
-    encoded: Any
-    ts: int
+class AlreadyApplied(Exception):
+    """A re-sent mutation whose (session, request) already committed."""
 
 
 def as_function_error(exc: BaseException, path: str) -> FunctionError:
@@ -154,10 +152,6 @@ class Engine:
     def _mutation_job(self, spec: FunctionSpec, args: dict[str, Any], caller: Caller,
                       session: tuple[str, int] | None) -> Any:
         def job(conn: StoreConn) -> tuple[Any, WriteSet]:
-            if session is not None:
-                seen = conn.session_result(*session)
-                if seen is not None:
-                    return Deduplicated(orjson.loads(seen[0]), seen[1]), WriteSet()
             db = DatabaseWriter(conn, self.schema, self.clock.now_ms(), self.settings.max_document_bytes)
             ctx = MutationCtx(db, caller, db._now_ms)
             try:
@@ -166,13 +160,16 @@ class Engine:
                 value = spec.validate_return(value)
                 check_value(value, what=f"the value returned by {spec.path}")
             except BaseException as exc:  # noqa: BLE001
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                    raise
+                if isinstance(exc, (KeyboardInterrupt, SystemExit, *self.store.retryable_errors)):
+                    raise  # the store retries a lost serialization race from the start
                 raise as_function_error(exc, spec.path) from None
             if session is not None:
+                # The (session, request) record is claimed at the end, with no read beforehand: a
+                # lookup would make every concurrent mutation a serialization conflict on PostgreSQL.
                 # SQLite knows the commit ts up front; PostgreSQL assigns it at COMMIT, later than now.
                 recorded_ts = getattr(conn, "current_ts", 0) or self.clock.now_ns()
-                conn.record_session_result(session[0], session[1], orjson.dumps(encode(value)).decode(), recorded_ts)
+                if not conn.claim_session_request(session[0], session[1], orjson.dumps(encode(value)).decode(), recorded_ts):
+                    raise AlreadyApplied()  # rolls this run back; the first run's result is returned
             return value, db.writes
 
         return job
@@ -182,11 +179,22 @@ class Engine:
         spec = self.resolve(ref, "mutation", caller, internal_ok)
         valid = self.prepare_args(spec, args)
         outcome = await asyncio.wrap_future(self.store.submit(self._mutation_job(spec, valid, caller, session)))
+        if isinstance(outcome.error, AlreadyApplied) and session is not None:
+            return await self._earlier_result(*session)
         if outcome.error is not None:
             raise as_function_error(outcome.error, spec.path)
-        if isinstance(outcome.value, Deduplicated):
-            return MutationResult(decode(outcome.value.encoded), outcome.value.ts or outcome.ts)
         return MutationResult(outcome.value, outcome.ts)
+
+    async def _earlier_result(self, session_id: str, request_id: int) -> MutationResult:
+        """The result a re-sent mutation got the first time."""
+
+        def read(conn: StoreConn, _ts: int) -> tuple[str, int] | None:
+            return conn.session_result(session_id, request_id)
+
+        seen = await self.in_snapshot(read)
+        if seen is None:
+            raise FunctionError("this mutation was already applied, but its result has been forgotten")
+        return MutationResult(decode(orjson.loads(seen[0])), seen[1])
 
     async def call_mutation(self, ref: Any, args: Any, caller: Caller, *, internal_ok: bool = False) -> Any:
         return (await self.run_mutation(ref, args, caller, internal_ok=internal_ok)).value

@@ -282,14 +282,17 @@ class SyncHub:
             else:
                 ok, outcome, read_set = results[key]
             if not sub.removed:
-                self._unindex(sub)
+                if sub.read_set is None or sub.read_set.ranges != read_set.ranges:
+                    self._unindex(sub)
+                    sub.ranges_by_table = read_set.by_table()
+                    self._owner[sub] = client
+                    self._index(sub)
                 sub.read_set = read_set
-                sub.ranges_by_table = read_set.by_table()
                 sub.valid_ts = ts
-                self._owner[sub] = client
-                self._index(sub)
-                for commit_ts, writes in self._ring:
-                    if commit_ts > ts and writes.intersects(read_set.ranges):
+                for commit_ts, writes in reversed(self._ring):  # commits after the snapshot, newest first
+                    if commit_ts <= ts:
+                        break
+                    if writes.intersects(read_set.ranges):
                         sub.invalid_ts = max(sub.invalid_ts, commit_ts)
                         self._dirty.add(client)
                 if self._ring and self._ring[0][0] > ts + 1 and self.store.published_ts > ts:
@@ -299,7 +302,10 @@ class SyncHub:
             cached = rendered.get(key)
             if cached is None:
                 body = _result_body(ok, outcome)
-                cached = rendered[key] = (body, hashlib.blake2b(orjson.dumps(body), digest_size=16).digest())
+                serialized = orjson.dumps(body)
+                # Serialized once per round; every socket's Transition embeds these bytes as they are.
+                fragments = {k: orjson.Fragment(orjson.dumps(v)) for k, v in body.items()}
+                cached = rendered[key] = (fragments, hashlib.blake2b(serialized, digest_size=16).digest())
             body, digest = cached
             if digest != sub.last_hash:
                 sub.last_hash = digest

@@ -75,13 +75,16 @@ class SyncSession:
         self.client = ClientState(send=self.outbox.put_nowait)
         self.mutations: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_QUEUED_MUTATIONS)
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.last_sent = 0.0
 
     async def run(self) -> None:
         await self.ws.accept()
         self.hub.add_client(self.client)
         SYNC_CLIENTS.inc()
+        self.last_sent = asyncio.get_running_loop().time()
         writer = asyncio.create_task(self._write_loop())
         mutator = asyncio.create_task(self._mutation_loop())
+        pinger = asyncio.create_task(self._ping_loop())
         try:
             await self._read_loop()
         except ProtocolError as exc:
@@ -95,7 +98,7 @@ class SyncSession:
         finally:
             SYNC_CLIENTS.dec()
             self.hub.remove_client(self.client)
-            for task in (mutator, *self.tasks):
+            for task in (mutator, pinger, *self.tasks):
                 task.cancel()
             if not writer.done():
                 self.outbox.put_nowait(None)
@@ -104,17 +107,27 @@ class SyncSession:
 
     async def _write_loop(self) -> None:
         ws = self.ws
+        outbox = self.outbox
         try:
             while True:
-                try:
-                    message = await asyncio.wait_for(self.outbox.get(), timeout=self.ping_interval)
-                except TimeoutError:
-                    message = {"type": "Ping"}
+                message = await outbox.get()
                 if message is None:
                     return
+                self.last_sent = asyncio.get_running_loop().time()
                 await ws.send_text(orjson.dumps(message).decode())
         except (WebSocketDisconnect, RuntimeError, OSError):
             return
+
+    async def _ping_loop(self) -> None:
+        """A Ping whenever nothing else went out for `ping_interval` seconds."""
+        loop = asyncio.get_running_loop()
+        while True:
+            idle = loop.time() - self.last_sent
+            if idle >= self.ping_interval:
+                self.outbox.put_nowait({"type": "Ping"})
+                self.last_sent = loop.time()
+                idle = 0.0
+            await asyncio.sleep(self.ping_interval - idle)
 
     async def _read_loop(self) -> None:
         while True:

@@ -135,10 +135,12 @@ class StoreConn:
                            (session_id, request_id)).fetchone()
         return (row[0], int(row[1])) if row else None
 
-    def record_session_result(self, session_id: str, request_id: int, result: str, ts: int) -> None:
+    def claim_session_request(self, session_id: str, request_id: int, result: str, ts: int) -> bool:
+        """Record a mutation's result under (session, request); False if one is already recorded."""
         p = self.dialect.param
-        self.execute(f"INSERT INTO _session_requests (session_id, request_id, result, ts) VALUES ({p}, {p}, {p}, {p})",
-                     (session_id, request_id, result, ts))
+        cursor = self.execute(f"INSERT INTO _session_requests (session_id, request_id, result, ts) VALUES ({p}, {p}, {p}, {p})"
+                              " ON CONFLICT DO NOTHING", (session_id, request_id, result, ts))
+        return bool(cursor.rowcount == 1)
 
     def forget_session_requests(self, before_ts: int) -> int:
         p = self.dialect.param
@@ -154,6 +156,7 @@ class Store:
 
     dialect_name = "abstract"
     dialect: Dialect
+    retryable_errors: tuple[type[BaseException], ...] = ()  # lost races the store retries itself
 
     def __init__(self) -> None:
         self.listeners: list[CommitListener] = []

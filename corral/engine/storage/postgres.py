@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +32,17 @@ log = structlog.get_logger("corral.storage")
 
 COMMIT_LOCK = 0x636F7272  # "corr"
 SCHEMA_LOCK = 0x636F7273
+LANE_LOCK = 0x636F7274  # held (per session) by transactions retrying one at a time
+LANE_AFTER = 2  # optimistic attempts before a transaction retries in the serial lane
 CHANNEL = "corral_commits"
+# One round trip, just before COMMIT: take the commit lock (held until the transaction ends),
+# draw the next timestamp, log the write set and notify every node.
+STAMP_COMMIT = f"""
+WITH locked AS (SELECT pg_advisory_xact_lock(%s)),
+     stamp AS (SELECT setval('corral_ts', GREATEST(%s, nextval('corral_ts'))) AS ts FROM locked),
+     logged AS (INSERT INTO _commit_log (ts, writes) SELECT ts, %s FROM stamp RETURNING ts)
+SELECT ts, pg_notify('{CHANNEL}', '') FROM logged
+"""
 RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.UniqueViolation)
 
 
@@ -52,6 +63,7 @@ class PgConn(StoreConn):
 
 class PostgresStore(Store):
     dialect_name = "postgresql"
+    retryable_errors = RETRYABLE
 
     def __init__(self, url: str, *, clock: Clock | None = None, readers: int = 4, writers: int = 4,
                  retries: int = 8, retention: float = 300.0) -> None:
@@ -73,6 +85,18 @@ class PostgresStore(Store):
     def _connect(self, autocommit: bool = False) -> psycopg.Connection[Any]:
         return psycopg.connect(self.url, autocommit=autocommit)
 
+    def _reader(self) -> PgConn:
+        raw = self._connect()
+        raw.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        raw.read_only = True
+        return PgConn(raw, self.dialect)
+
+    def _writer(self) -> PgConn:
+        # The isolation level rides on the transaction's implicit BEGIN: no round trip of its own.
+        raw = self._connect()
+        raw.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+        return PgConn(raw, self.dialect)
+
     def open(self, schema: Schema) -> None:
         self.schema = schema
         with self._connect() as raw:
@@ -88,9 +112,9 @@ class PostgresStore(Store):
             raw.commit()
         self.published_ts = self.latest_ts()
         for _ in range(self._reader_count):
-            self._readers.put(PgConn(self._connect(), self.dialect))
+            self._readers.put(self._reader())
         for _ in range(self._writer_count):
-            self._writers.put(PgConn(self._connect(), self.dialect))
+            self._writers.put(self._writer())
         self._pool = ThreadPoolExecutor(self._writer_count, thread_name_prefix="corral-pg-writer")
         self._stop.clear()
         self._follower = threading.Thread(target=self._follow, name="corral-pg-follower", daemon=True)
@@ -120,14 +144,12 @@ class PostgresStore(Store):
         conn = self._readers.get()
         try:
             if conn.raw.closed or conn.raw.broken:
-                conn = PgConn(self._connect(), self.dialect)
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                conn = self._reader()
             ts = int(conn.execute("SELECT coalesce(max(ts), 0) FROM _commit_log").fetchone()[0])
             try:
                 yield conn, ts
             finally:
-                with contextlib.suppress(Exception):
-                    conn.raw.rollback()
+                conn = self._recovered(conn, self._reader)
         finally:
             self._readers.put(conn)
 
@@ -140,42 +162,69 @@ class PostgresStore(Store):
         return self._pool.submit(self._run_job, job)
 
     def _run_job(self, job: WriteJob) -> WriteOutcome:
+        """Run a write job optimistically; after repeated conflicts, retry it in the serial lane."""
         conn = self._writers.get()
+        in_lane = False
         try:
             for attempt in range(self._retries + 1):
                 if conn.raw.closed or conn.raw.broken:
-                    conn = PgConn(self._connect(), self.dialect)
+                    conn, in_lane = self._writer(), False
+                if attempt >= LANE_AFTER and not in_lane:
+                    self._session_lock(conn, "pg_advisory_lock")
+                    in_lane = True
                 outcome = WriteOutcome()
                 try:
-                    conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
                     conn.current_ts = 0  # type: ignore[attr-defined]
                     outcome.value, outcome.writes = job(conn)
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (COMMIT_LOCK,))
-                    ts = int(conn.execute("SELECT setval('corral_ts', GREATEST(%s, (SELECT last_value FROM corral_ts) + 1))",
-                                          (self.clock.now_ns(),)).fetchone()[0])
-                    conn.execute("INSERT INTO _commit_log (ts, writes) VALUES (%s, %s)",
-                                 (ts, orjson.dumps(outcome.writes.to_wire()).decode()))
-                    conn.execute(f"NOTIFY {CHANNEL}")
+                    ts = int(conn.execute(STAMP_COMMIT, (COMMIT_LOCK, self.clock.now_ns(),
+                                                         orjson.dumps(outcome.writes.to_wire()).decode())).fetchone()[0])
                     conn.raw.commit()
                     outcome.ts = ts
                     self._poke.set()
                     return outcome
-                except RETRYABLE as exc:
+                except RETRYABLE:
                     conn.raw.rollback()
                     if attempt == self._retries:
                         outcome.error = SerializationConflict(
                             f"the transaction kept conflicting with concurrent writes after {self._retries} retries; try again")
                         return outcome
-                    time.sleep(min(0.001 * (2 ** attempt), 0.05))
-                    del exc
+                    time.sleep(random.uniform(0, min(0.001 * (2 ** attempt), 0.02)))
                 except BaseException as exc:  # noqa: BLE001 - the job failed: roll back, report
-                    with contextlib.suppress(Exception):
-                        conn.raw.rollback()
+                    recovered = self._recovered(conn, self._writer)
+                    if recovered is not conn:
+                        in_lane = False  # a closed session released its lane lock
+                    conn = recovered
                     outcome.error = exc
                     return outcome
             raise AssertionError("unreachable")
         finally:
+            if in_lane:
+                with contextlib.suppress(Exception):
+                    self._session_lock(conn, "pg_advisory_unlock")
             self._writers.put(conn)
+
+    @staticmethod
+    def _recovered(conn: PgConn, make: Any) -> PgConn:
+        """Roll back; a connection interrupted mid-command (a time limit) is replaced instead."""
+        try:
+            conn.raw.rollback()
+            return conn
+        except Exception:  # noqa: BLE001
+            with contextlib.suppress(Exception):
+                conn.raw.close()
+            return make()  # type: ignore[no-any-return]
+
+    def _session_lock(self, conn: PgConn, function: str) -> None:
+        """Take or release the serial lane's lock, outside any transaction.
+
+        Transactions that keep losing serialization races retry one at a time in the lane, so a
+        hot row cannot starve them forever; optimistic transactions never wait for the lane.
+        """
+        conn.raw.autocommit = True
+        try:
+            conn.execute(f"SELECT {function}(%s)", (LANE_LOCK,))
+        finally:
+            conn.raw.autocommit = False
 
     def _follow(self) -> None:
         """Announce commits from every node, in timestamp order, to this node's listeners."""
