@@ -24,7 +24,6 @@ class KeyRange:
 @dataclass(slots=True)
 class ReadSet:
     ranges: list[KeyRange] = field(default_factory=list)
-    reads_auth: bool = False
 
     def add(self, table: str, index: str, lo: bytes, hi: bytes | None) -> None:
         self.ranges.append(KeyRange(table, index, lo, hi))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,6 @@ from .errors import (
     FunctionInterrupted,
     FunctionNotFound,
     FunctionTimeout,
-    LimitExceeded,
 )
 from .functions import FunctionSpec, Registry, canonical_path
 from .metrics import FUNCTION_CALLS
@@ -248,9 +246,3 @@ class Engine:
             mresult = await self.run_mutation(ref, args, caller)
             return mresult.value, mresult.ts
         return await self.call_action(ref, args, caller), None
-
-
-def limit_args(args: Any, max_bytes: int) -> None:
-    with contextlib.suppress(TypeError):
-        if len(orjson.dumps(encode(args))) > max_bytes:
-            raise LimitExceeded(f"arguments are over the limit of {max_bytes} bytes")

@@ -8,7 +8,7 @@ column with a real SQL index. A range of an index is a range of that column.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -293,8 +293,3 @@ def _check_documents(tdef: TableDef, rows: list[Any]) -> list[tuple[str, float, 
             + "\nMake the new fields optional, or change those documents before applying this schema."
         )
     return gained
-
-
-def iter_batches(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]

@@ -80,7 +80,6 @@ class PostgresStore(Store):
         self._pool: ThreadPoolExecutor | None = None
         self._follower: threading.Thread | None = None
         self._stop = threading.Event()
-        self._poke = threading.Event()
 
     def _connect(self, autocommit: bool = False) -> psycopg.Connection[Any]:
         return psycopg.connect(self.url, autocommit=autocommit)
@@ -122,7 +121,6 @@ class PostgresStore(Store):
 
     def close(self) -> None:
         self._stop.set()
-        self._poke.set()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -180,7 +178,6 @@ class PostgresStore(Store):
                                                          orjson.dumps(outcome.writes.to_wire()).decode())).fetchone()[0])
                     conn.raw.commit()
                     outcome.ts = ts
-                    self._poke.set()
                     return outcome
                 except RETRYABLE:
                     conn.raw.rollback()
@@ -251,7 +248,6 @@ class PostgresStore(Store):
                     last_cleanup = now
                     horizon = self.clock.now_ns() - int(self._retention * 1e9)
                     poll.execute("DELETE FROM _commit_log WHERE ts < %s AND ts < (SELECT max(ts) FROM _commit_log)", (horizon,))
-                self._poke.clear()
                 for _ in listen.notifies(timeout=0.5, stop_after=1):
                     break
             except Exception as exc:  # noqa: BLE001 - reconnect and go on following
