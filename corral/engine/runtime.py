@@ -176,7 +176,7 @@ class Engine:
                            session: tuple[str, int] | None = None) -> MutationResult:
         spec = self.resolve(ref, "mutation", caller, internal_ok)
         valid = self.prepare_args(spec, args)
-        outcome = await asyncio.wrap_future(self.store.submit(self._mutation_job(spec, valid, caller, session)))
+        outcome = await self.store.run(self._mutation_job(spec, valid, caller, session))
         if isinstance(outcome.error, AlreadyApplied) and session is not None:
             return await self._earlier_result(*session)
         if outcome.error is not None:
@@ -206,7 +206,7 @@ class Engine:
         def job(conn: StoreConn) -> tuple[Any, WriteSet]:
             return conn.forget_session_requests(horizon), WriteSet()
 
-        outcome = await asyncio.wrap_future(self.store.submit(job))
+        outcome = await self.store.run(job)
         if outcome.error is not None:
             raise outcome.error
         return int(outcome.value)

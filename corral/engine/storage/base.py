@@ -7,6 +7,7 @@ column with a real SQL index. A range of an index is a range of that column.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -193,6 +194,10 @@ class Store:
 
     def submit(self, job: WriteJob) -> Future[WriteOutcome]:
         raise NotImplementedError
+
+    async def run(self, job: WriteJob) -> WriteOutcome:
+        """Run a write job from a coroutine."""
+        return await asyncio.wrap_future(self.submit(job))
 
     def latest_ts(self) -> int:
         raise NotImplementedError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import queue
 import sqlite3
@@ -39,7 +40,7 @@ class SqliteStore(Store):
         self.dialect = Dialect()
         self._readers: queue.LifoQueue[SqliteConn] = queue.LifoQueue()
         self._reader_count = readers
-        self._jobs: queue.SimpleQueue[tuple[WriteJob, Future[WriteOutcome]] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[WriteJob, Waiter] | None] = queue.SimpleQueue()
         self._group_commit_max = group_commit_max
         self._writer_thread: threading.Thread | None = None
         self._writer: SqliteConn | None = None
@@ -50,7 +51,7 @@ class SqliteStore(Store):
         raw.execute("PRAGMA journal_mode=WAL")
         raw.execute("PRAGMA synchronous=NORMAL")
         raw.execute("PRAGMA foreign_keys=OFF")
-        raw.execute("PRAGMA cache_size=-65536")
+        raw.execute("PRAGMA cache_size=-16384")
         return raw
 
     def open(self, schema: Schema) -> None:
@@ -113,6 +114,12 @@ class SqliteStore(Store):
         self._jobs.put((job, future))
         return future
 
+    async def run(self, job: WriteJob) -> WriteOutcome:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[WriteOutcome] = loop.create_future()
+        self._jobs.put((job, (loop, future)))
+        return await future
+
     def _next_ts(self) -> int:
         self._last_ts = max(self.clock.now_ns(), self._last_ts + 1)
         return self._last_ts
@@ -136,7 +143,7 @@ class SqliteStore(Store):
                 batch.append(item)
             self._run_batch(conn, batch)
 
-    def _run_batch(self, conn: SqliteConn, batch: list[tuple[WriteJob, Future[WriteOutcome]]]) -> None:
+    def _run_batch(self, conn: SqliteConn, batch: list[tuple[WriteJob, Waiter]]) -> None:
         outcomes: list[WriteOutcome] = []
         saved_ts = self._last_ts
         try:
@@ -168,11 +175,9 @@ class SqliteStore(Store):
             self._last_ts = saved_ts
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            for _job, future in batch:
-                future.set_result(WriteOutcome(error=exc))
+            _resolve([(waiter, WriteOutcome(error=exc)) for _job, waiter in batch])
             return
-        for (_job, future), outcome in zip(batch, outcomes, strict=True):
-            future.set_result(outcome)
+        _resolve([(waiter, outcome) for (_job, waiter), outcome in zip(batch, outcomes, strict=True)])
 
     def get_meta(self, key: str) -> str | None:
         with self.snapshot() as (conn, _ts):
@@ -188,3 +193,27 @@ class SqliteStore(Store):
         if outcome.error:
             raise outcome.error
         return str(outcome.value)
+
+
+# Who waits for a write: a thread (a concurrent Future) or a coroutine (its loop and future).
+Waiter = Future[WriteOutcome] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[WriteOutcome]"]
+
+
+def _resolve(results: list[tuple[Waiter, WriteOutcome]]) -> None:
+    """Hand a batch's outcomes back, waking each event loop once for the whole batch."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[WriteOutcome], WriteOutcome]]] = {}
+    for waiter, outcome in results:
+        if isinstance(waiter, Future):
+            waiter.set_result(outcome)
+        else:
+            loop, future = waiter
+            by_loop.setdefault(loop, []).append((future, outcome))
+    for loop, pairs in by_loop.items():
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(_set_results, pairs)
+
+
+def _set_results(pairs: list[tuple[asyncio.Future[WriteOutcome], WriteOutcome]]) -> None:
+    for future, outcome in pairs:
+        if not future.done():
+            future.set_result(outcome)
