@@ -37,9 +37,9 @@ log = structlog.get_logger("corral.node")
 # Every plane a node serves, by path prefix. The console takes whatever is left.
 PLANES: list[tuple[str, str]] = [
     ("/api/", "Convex protocol: HTTP functions and the WebSocket sync protocol"),
-    ("/e2b/", "E2B control API (sandboxes)"),
-    ("/envd/", "sandbox data plane (envd)"),
-    ("/http/", "HTTP actions"),
+    ("/e2b/", "E2B control API (sandboxes) — planned, answers 404 today"),
+    ("/envd/", "sandbox data plane (envd) — planned, answers 404 today"),
+    ("/http/", "HTTP actions — planned, answers 404 today"),
     ("/", "web console"),
 ]
 
