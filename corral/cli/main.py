@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,16 @@ def main() -> None:
     """
 
 
+def _self_command() -> str:
+    """How this command was invoked, so printed hints work when `corral` is not on PATH."""
+    invoked = sys.argv[0]
+    if invoked.endswith("__main__.py"):
+        return f"{sys.executable} -m corral"
+    if shutil.which(Path(invoked).name) == invoked or "/" not in invoked:
+        return Path(invoked).name
+    return invoked
+
+
 def _serve(settings: Settings) -> None:
     import uvicorn
 
@@ -60,7 +71,7 @@ def _serve(settings: Settings) -> None:
                 node.announce()
                 click.echo(f"Corral is running at {node.url}")
                 click.echo(f"  data:      {settings.data_dir}")
-                click.echo(f"  admin key: corral admin-key --data-dir {settings.data_dir}")
+                click.echo(f"  admin key: {_self_command()} admin-key --data-dir {settings.data_dir}")
                 click.echo("  stop:      Ctrl+C")
 
     config = uvicorn.Config(node.app, host=settings.host, port=settings.port, log_level="warning",
