@@ -21,7 +21,7 @@ from .errors import ConvexError, CorralError, FunctionError, Unauthenticated
 from .functions import canonical_path
 from .metrics import SYNC_CLIENTS
 from .subscriptions import ClientState, Subscription, SyncHub
-from .values import ValueError_, decode, encode
+from .values import ValueError_, decode, encode, ts_to_wire
 
 log = structlog.get_logger("corral.sync")
 
@@ -267,7 +267,7 @@ class SyncSession:
                     message["udfPath"], message["_args"], self.client.caller,
                     session=(self.session_id, request_id) if self.session_id else None)
                 commit_ts = result.ts
-                response.update(success=True, result=encode(result.value), ts=_wire_ts(result.ts), logLines=[])
+                response.update(success=True, result=encode(result.value), ts=ts_to_wire(result.ts), logLines=[])
             except FunctionError as exc:
                 response.update(_failure(exc))
             except CorralError as exc:
@@ -289,12 +289,6 @@ class SyncSession:
             response.update(success=False, result=exc.message, logLines=[])
         self.outbox.put_nowait(response)
         self.hub.request_transition(self.client, 0)
-
-
-def _wire_ts(ts: int) -> str:
-    from .values import ts_to_wire
-
-    return ts_to_wire(ts)
 
 
 def _failure(exc: FunctionError) -> dict[str, Any]:
