@@ -174,9 +174,10 @@ class NodeProcess:
 
     @classmethod
     def corral(cls, database: str | None = None, functions: Path = FUNCTIONS, label: str = "corral",
-               switch_interval: float | None = None) -> NodeProcess:
+               switch_interval: float | None = None, extra_env: dict[str, str] | None = None) -> NodeProcess:
         """`python -m corral serve` on a free port; `switch_interval` (seconds) runs it with
-        `sys.setswitchinterval(...)` first, to experiment with GIL hand-off (default: Python's 5 ms)."""
+        `sys.setswitchinterval(...)` first, to experiment with GIL hand-off (default: Python's 5 ms);
+        `extra_env` adds variables (such as `CORRAL_ENV_*`) to the node's environment."""
         def command(port: int, data_dir: Path) -> list[str]:
             if switch_interval is None:
                 cmd = [sys.executable, "-m", "corral"]
@@ -193,7 +194,7 @@ class NodeProcess:
             return (node.dir / "data" / "node.json").exists() and _port_open(node.port)
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
-        return cls(label, command, ready, env)
+        return cls(label, command, ready, {**env, **(extra_env or {})})
 
     @property
     def pid(self) -> int:

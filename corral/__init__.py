@@ -7,7 +7,9 @@ Everything a function author needs is importable from here:
 
 from .engine.auth import UserIdentity
 from .engine.context import ActionCtx, MutationCtx, QueryCtx
+from .engine.crons import Crons
 from .engine.errors import ConvexError
+from .engine.file_storage import StorageId
 from .engine.functions import (
     action,
     internal_action,
@@ -16,6 +18,7 @@ from .engine.functions import (
     mutation,
     query,
 )
+from .engine.http_actions import HttpRouter
 from .engine.schema import Table, index
 from .engine.validators import Id
 
@@ -24,9 +27,12 @@ __version__ = "0.1.0"
 __all__ = [
     "ActionCtx",
     "ConvexError",
+    "Crons",
+    "HttpRouter",
     "Id",
     "MutationCtx",
     "QueryCtx",
+    "StorageId",
     "Table",
     "UserIdentity",
     "action",

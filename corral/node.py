@@ -17,16 +17,21 @@ import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from .engine.auth import new_admin_key
+from .engine.auth_api import AuthService
 from .engine.clock import Clock
+from .engine.crons import CronRunner, load_crons
 from .engine.errors import ConfigError
+from .engine.file_storage_http import FileStorageApi
 from .engine.functions import Registry
+from .engine.http_actions import HttpActions, load_routes
 from .engine.http_api import FunctionApi, json_response
 from .engine.identity import Authenticator
 from .engine.metrics import render as render_metrics
 from .engine.runtime import Engine
+from .engine.scheduler import Scheduler
 from .engine.settings import Settings
 from .engine.storage import open_store
 from .engine.subscriptions import SyncHub
@@ -39,7 +44,7 @@ PLANES: list[tuple[str, str]] = [
     ("/api/", "Convex protocol: HTTP functions and the WebSocket sync protocol"),
     ("/e2b/", "E2B control API (sandboxes) — planned, answers 404 today"),
     ("/envd/", "sandbox data plane (envd) — planned, answers 404 today"),
-    ("/http/", "HTTP actions — planned, answers 404 today"),
+    ("/http/", "HTTP actions: the routes of http.py in a functions folder"),
     ("/", "web console"),
 ]
 
@@ -71,15 +76,22 @@ class Node:
                            **_store_options(settings))
         self.engine = Engine(settings, self.registry, store, self.clock)
         self.hub = SyncHub(self.engine)
+        self.scheduler = Scheduler(self.engine, CronRunner(self.engine, load_crons(self.registry)))
         self.admin_key = ""
         self.authenticator = Authenticator("")
         self.url = f"http://{settings.host}:{settings.port}"
+        self.engine.files.origin = self.url  # upload URLs and ctx.storage.get_url() point here
+        self.auth = AuthService(settings, store, self.clock, self.url)
+        self.auth.attach(self.authenticator)
+        self.http_actions = HttpActions(self.engine, self.authenticator, load_routes(self.registry))
         self.app = self._build_app()
 
     def start(self) -> None:
         """Open storage and apply the schema; raises SchemaError/ConfigError with a report."""
         Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
         self.engine.start()
+        self.scheduler.prepare()
+        self.auth.start()
         self.admin_key = self.engine.store.set_meta_if_absent("admin_key", new_admin_key())
         self.authenticator.admin_key = self.admin_key
         key_file = Path(self.settings.data_dir) / ADMIN_KEY_FILE
@@ -88,6 +100,7 @@ class Node:
             key_file.chmod(0o600)
 
     def stop(self) -> None:
+        self.scheduler.close()
         self.engine.stop()
 
     def _build_app(self) -> Starlette:
@@ -95,10 +108,12 @@ class Node:
         console = Console(self.engine, self.url, PLANES)
         routes: list[BaseRoute] = [
             *api.routes(),
+            *FileStorageApi(self.engine).routes(),
+            *self.auth.routes(self.authenticator),
             Route("/api/{rest:path}", _not_found("Convex API"), methods=["GET", "POST", "PUT", "DELETE"]),
             Route("/e2b/{rest:path}", _not_found("E2B control API"), methods=["GET", "POST", "PUT", "DELETE"]),
             Route("/envd/{rest:path}", _not_found("sandbox data plane"), methods=["GET", "POST", "PUT", "DELETE"]),
-            Route("/http/{rest:path}", _not_found("HTTP actions"), methods=["GET", "POST", "PUT", "DELETE"]),
+            Mount("/http", app=self.http_actions),
             Route("/metrics", _metrics),
             Route("/", console.page),
         ]
@@ -108,15 +123,17 @@ class Node:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.hub.bind(asyncio.get_running_loop())
         housekeeping = asyncio.create_task(self._housekeeping())
+        self.scheduler.start()
         try:
             yield
         finally:
             housekeeping.cancel()
+            await self.scheduler.stop()
             self._remove_node_file()
 
     async def _housekeeping(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.maintenance_interval)
+            await self.clock.sleep(self.settings.maintenance_interval)
             try:
                 await self.engine.forget_old_session_requests()
             except Exception as exc:  # noqa: BLE001 - housekeeping must never take the node down

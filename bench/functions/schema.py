@@ -12,3 +12,12 @@ class Message(Table, name="messages"):
 
 class Account(Table, name="accounts"):
     balance: int
+
+
+class JobRun(Table, name="job_runs"):
+    """One run of a job scheduled by bench.scheduler: when it was due and when it started (ms)."""
+
+    n: int
+    due: float
+    started: float
+    node: str

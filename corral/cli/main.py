@@ -245,4 +245,6 @@ def _run_direct(settings: Settings, path: str, args: dict[str, Any]) -> Any:
         node.stop()
 
 
+from . import auth_commands  # noqa: E402,F401 - registers `corral token` and `corral api-key`
+
 __all__ = ["main", "default_data_dir"]

@@ -10,29 +10,63 @@ from typing import Any
 from .errors import ConvexError, Unauthenticated
 
 ADMIN_KEY_PREFIX = "corral-admin-"
+# The issuer named in the identity of a caller that used an API key (`tokenIdentifier` = `api-key|<key id>`).
+API_KEY_ISSUER = "api-key"
 
 
 class UserIdentity(dict):  # type: ignore[type-arg]
     """Convex's identity object (`tokenIdentifier`, `subject`, `issuer`, claims), with snake_case attributes."""
 
-    _aliases = {"token_identifier": "tokenIdentifier", "picture_url": "pictureUrl", "email_verified": "emailVerified",
-                "given_name": "givenName", "family_name": "familyName", "preferred_username": "preferredUsername",
-                "phone_number": "phoneNumber", "updated_at": "updatedAt"}
-
     def __getattr__(self, item: str) -> Any:
-        key = self._aliases.get(item, item)
-        if key in self:
-            return self[key]
+        for key in (item, _ATTRIBUTES.get(item), _camel(item)):
+            if key is not None and key in self:
+                return self[key]
         raise AttributeError(item)
+
+
+# Standard OIDC claims and the names Convex gives them in an identity; any other claim keeps its name.
+STANDARD_CLAIMS = {
+    "name": "name", "given_name": "givenName", "family_name": "familyName", "nickname": "nickname",
+    "preferred_username": "preferredUsername", "profile": "profileUrl", "picture": "pictureUrl",
+    "email": "email", "email_verified": "emailVerified", "gender": "gender", "birthdate": "birthday",
+    "zoneinfo": "timezone", "locale": "language", "phone_number": "phoneNumber",
+    "phone_number_verified": "phoneNumberVerified", "address": "address", "updated_at": "updatedAt",
+}
+# The registered JWT claims (RFC 7519) describe the token, not the user: never part of an identity.
+TOKEN_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "iat", "nbf", "jti"})
+# snake_case attribute → identity key, for `user.token_identifier`, `user.picture_url`…
+_ATTRIBUTES = {"token_identifier": "tokenIdentifier", "profile_url": "profileUrl", "picture_url": "pictureUrl",
+               "email_verified": "emailVerified", "given_name": "givenName", "family_name": "familyName",
+               "preferred_username": "preferredUsername", "phone_number": "phoneNumber",
+               "phone_number_verified": "phoneNumberVerified", "updated_at": "updatedAt"}
+
+
+@dataclass(frozen=True)
+class MachineKey:
+    """The API key a machine called with (never the secret): see `corral api-key`."""
+
+    id: str
+    name: str
+    kind: str  # "client" or "runner"
+
+    @property
+    def is_runner(self) -> bool:
+        return self.kind == "runner"
 
 
 @dataclass(frozen=True)
 class Caller:
-    """The identity a function runs as, and whether it may call internal functions."""
+    """The identity a function runs as, and whether it may call internal functions.
+
+    `expires_at` (seconds since the epoch) is set for a caller that came from a token, so a long-lived
+    socket can notice when its token expires; `machine` is set for a caller that came from an API key.
+    """
 
     identity: UserIdentity | None = None
     is_admin: bool = False
     key: str = field(default="anonymous")
+    expires_at: float | None = None
+    machine: MachineKey | None = None
 
     @classmethod
     def anonymous(cls) -> Caller:
@@ -44,27 +78,59 @@ class Caller:
         return cls(identity=acting_as, is_admin=True, key=key)
 
     @classmethod
-    def user(cls, identity: UserIdentity) -> Caller:
-        return cls(identity=identity, key="user:" + identity["tokenIdentifier"])
+    def user(cls, identity: UserIdentity, expires_at: float | None = None) -> Caller:
+        return cls(identity=identity, key="user:" + identity["tokenIdentifier"], expires_at=expires_at)
+
+    @classmethod
+    def api_key(cls, machine: MachineKey) -> Caller:
+        identity = UserIdentity()
+        identity["tokenIdentifier"] = f"{API_KEY_ISSUER}|{machine.id}"
+        identity["subject"] = machine.id
+        identity["issuer"] = API_KEY_ISSUER
+        identity["name"] = machine.name
+        identity["keyKind"] = machine.kind
+        return cls(identity=identity, key="apikey:" + machine.id, machine=machine)
+
+    def refusal(self, path: str, for_runners: bool) -> str | None:
+        """Why this caller may not call the function at `path`, or None when it may."""
+        if self.machine is not None and self.machine.is_runner and not for_runners:
+            return (f"the runner key '{self.machine.name}' may only register a runner and report its work, "
+                    f"not call {path}; call it with a client key (corral api-key create --kind client) or a user token")
+        return None
 
 
 ANONYMOUS = Caller()
 
 
 def identity_from_claims(claims: dict[str, Any]) -> UserIdentity:
+    """Convex's identity for a token's claims: `tokenIdentifier` = `issuer|subject`, the standard
+    OIDC claims under Convex's names (`picture` → `pictureUrl`…), custom claims as they are."""
     issuer = str(claims.get("iss", ""))
-    subject = str(claims.get("sub", ""))
-    if not subject:
-        raise Unauthenticated("the identity has no subject ('sub')")
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise Unauthenticated("the identity has no subject: 'sub' must be a non-empty string")
     out = UserIdentity()
     out["tokenIdentifier"] = f"{issuer}|{subject}"
     out["subject"] = subject
     out["issuer"] = issuer
     for claim, value in claims.items():
-        if claim in ("iss", "sub", "aud", "exp", "iat", "nbf", "jti"):
+        if claim in TOKEN_CLAIMS:
             continue
-        out[_camel(claim)] = value
+        out[STANDARD_CLAIMS.get(claim, claim)] = _as_convex_json(value)
     return out
+
+
+def _as_convex_json(value: Any) -> Any:
+    """A claim's JSON as Convex sees it: every number is a float64 (a Python int would be an int64)."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, list):
+        return [_as_convex_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_convex_json(v) for k, v in value.items()}
+    return value
 
 
 def _camel(name: str) -> str:

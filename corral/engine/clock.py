@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import Callable
 
 
 class Clock:
     def __init__(self) -> None:
         self._offset = 0.0
         self._lock = threading.Lock()
+        self._listeners: dict[int, Callable[[], None]] = {}
+        self._next_listener = 0
 
     def time(self) -> float:
         """Seconds since the Unix epoch."""
@@ -28,3 +33,41 @@ class Clock:
         """Move this clock forward; everything that reads it (deadlines, ctx.now) sees the jump."""
         with self._lock:
             self._offset += seconds
+            listeners = list(self._listeners.values())
+        for listener in listeners:
+            listener()
+
+    def on_advance(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` (from the advancing thread) after each advance; returns the unsubscriber."""
+        with self._lock:
+            key = self._next_listener
+            self._next_listener += 1
+            self._listeners[key] = callback
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._listeners.pop(key, None)
+
+        return unsubscribe
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds` of this clock's time: real time, cut short when advance() covers the rest."""
+        deadline = self.monotonic() + seconds
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+
+        def poke() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(woken.set)
+
+        unsubscribe = self.on_advance(poke)
+        try:
+            while (left := deadline - self.monotonic()) > 0:
+                woken.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), left)
+        finally:
+            unsubscribe()

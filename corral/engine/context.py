@@ -2,32 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .auth import Auth, Caller
 from .database import DatabaseReader, DatabaseWriter
+from .env import Env
+from .file_storage import ActionStorage, FileStorage, StorageReader, StorageWriter
+from .scheduler import ActionScheduler, MutationScheduler
 
 if TYPE_CHECKING:
     from .runtime import Engine
 
 
 class QueryCtx:
-    """Read-only: `ctx.db`, `ctx.auth`, `ctx.now` (ms since the epoch, fixed when the function starts)."""
+    """Read-only: `ctx.db`, `ctx.auth`, `ctx.storage` (file URLs and metadata), `ctx.now` (ms since
+    the epoch, fixed when the function starts)."""
 
-    def __init__(self, db: DatabaseReader, caller: Caller, now: float) -> None:
+    env: Mapping[str, str] = Env()  # the node's variables and secrets (docs/configuration.md); set by the engine
+
+    def __init__(self, db: DatabaseReader, caller: Caller, now: float, files: FileStorage | None = None) -> None:
         self.db = db
         self.auth = Auth(caller)
         self.now = now
+        self.storage = StorageReader(files, db)
 
 
 class MutationCtx(QueryCtx):
     """`ctx.db` reads and writes, all in one serializable transaction."""
 
     db: DatabaseWriter
+    storage: StorageWriter
+    scheduler: MutationScheduler  # set by the engine: run_after, run_at, cancel (docs/scheduling.md)
 
-    def __init__(self, db: DatabaseWriter, caller: Caller, now: float) -> None:
-        super().__init__(db, caller, now)
+    def __init__(self, db: DatabaseWriter, caller: Caller, now: float, files: FileStorage | None = None) -> None:
+        super().__init__(db, caller, now, files)
+        self.storage = StorageWriter(files, db)
 
 
 FunctionRef = Any  # a FunctionSpec or a "module:function" path
@@ -40,6 +50,9 @@ class ActionCtx:
         self._engine = engine
         self._caller = caller
         self.auth = Auth(caller)
+        self.storage = ActionStorage(engine)
+        self.env: Mapping[str, str] = engine.env
+        self.scheduler = ActionScheduler(engine)
 
     @property
     def now(self) -> float:

@@ -333,6 +333,12 @@ class DatabaseReader:
 class DatabaseWriter(DatabaseReader):
     """`ctx.db` in mutations: reads see the mutation's own writes."""
 
+    system_writes = False  # set while Corral itself writes a system table ('_scheduled_functions'…)
+
+    def _check_writable(self, tdef: TableDef) -> None:
+        if tdef.name.startswith("_") and not self.system_writes:
+            raise ReadOnlyViolation(f"'{tdef.name}' is a system table: functions read it, Corral writes it (use ctx.scheduler to schedule or cancel)")
+
     def __init__(self, conn: StoreConn, schema: Schema, now_ms: float, max_document_bytes: int = MAX_DOCUMENT_BYTES) -> None:
         super().__init__(conn, schema, None)
         self.writes = WriteSet()
@@ -380,6 +386,7 @@ class DatabaseWriter(DatabaseReader):
         if value is None and isinstance(table, dict) and hasattr(type(table), "__table_name__"):
             value, table = table, type(table)
         tdef = self._table(table)
+        self._check_writable(tdef)
         if value is None:
             raise FunctionError("db.insert(table, document) needs a document")
         body, text = self._checked(tdef, value, f"document inserted into '{tdef.name}'")
@@ -400,6 +407,7 @@ class DatabaseWriter(DatabaseReader):
             row = self._conn.get(tdef.name, doc_id)
         if tdef is None or row is None:
             raise FunctionError(f"cannot {verb} document {doc_id!r}: it does not exist")
+        self._check_writable(tdef)
         doc = decode(orjson.loads(row[1]))
         return tdef, doc, row[0]
 

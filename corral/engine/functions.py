@@ -154,6 +154,7 @@ class Registry:
         self.functions: dict[str, FunctionSpec] = {}
         self.schema = Schema()
         self.modules: dict[str, str] = {}  # module path → where it came from
+        self.roots: list[tuple[str, Path, str]] = []  # (package, folder, origin) of each tree loaded: crons.py, http.py
 
     def get(self, path: str) -> FunctionSpec | None:
         return self.functions.get(canonical_path(path))
@@ -198,6 +199,7 @@ class Registry:
         self._load_tree(package, folder, str(folder))
 
     def _load_tree(self, package: str, root: Path, origin: str) -> None:
+        self.roots.append((package, root, origin))
         schema_file = root / "schema.py"
         if schema_file.exists():
             schema_module = self._import(f"{package}.schema", schema_file, origin)

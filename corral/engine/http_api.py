@@ -96,7 +96,7 @@ class FunctionApi:
     async def _call(self, kind: str, request: Request, path: Any, args: Any, fmt: str) -> Response:
         if not isinstance(path, str) or not path:
             raise BadRequest("the request needs a function 'path' such as 'messages:list'", code="MissingPath")
-        caller = await self.auth.from_header(request.headers.get("authorization"))
+        caller = await self.auth.from_headers(request.headers)
         try:
             value, _ts = await self.engine.call(kind, path, self._args(args), caller)
         except FunctionError as exc:
@@ -136,7 +136,7 @@ class FunctionApi:
     async def function(self, request: Request) -> Response:
         """Admin-only: run any function by path, of whatever kind it is."""
         try:
-            caller = await self.auth.from_header(request.headers.get("authorization"))
+            caller = await self.auth.from_headers(request.headers)
             if not caller.is_admin:
                 return json_response({"code": "Unauthorized", "message": "/api/function needs the admin key"}, 403)
             body = await self._body(request)

@@ -14,6 +14,7 @@ from .auth import Caller
 from .clock import Clock
 from .context import ActionCtx, MutationCtx, QueryCtx
 from .database import DatabaseReader, DatabaseWriter
+from .env import Env, redact
 from .errors import (
     ArgumentValidationError,
     CorralError,
@@ -22,9 +23,12 @@ from .errors import (
     FunctionNotFound,
     FunctionTimeout,
 )
+from .file_storage import FileStorage
 from .functions import FunctionSpec, Registry, canonical_path
 from .metrics import FUNCTION_CALLS
 from .readsets import ReadSet, WriteSet
+from .scheduler import MutationScheduler
+from .scheduler import install as install_scheduler
 from .settings import Settings
 from .storage import Store, StoreConn
 from .values import ValueError_, check_value, decode, encode
@@ -60,8 +64,8 @@ def as_function_error(exc: BaseException, path: str) -> FunctionError:
         return FunctionError(exc.message)
     if isinstance(exc, ValueError_):
         return FunctionError(f"Uncaught error in {path}: {exc}")
-    log.warning("function.uncaught", path=path, error_type=type(exc).__name__, error=str(exc))
-    return FunctionError(f"Uncaught {type(exc).__name__} in {path}: {exc}")
+    log.warning("function.uncaught", path=path, error_type=type(exc).__name__, error=redact(str(exc)))
+    return FunctionError(redact(f"Uncaught {type(exc).__name__} in {path}: {exc}"))
 
 
 class Engine:
@@ -72,10 +76,14 @@ class Engine:
         self.store = store
         self.clock = clock or Clock()
         self.watchdog = Watchdog(self.clock)
+        self.env = Env.load(settings.data_dir)  # ctx.env: read once, at start
+        install_scheduler(registry)  # the scheduler's system tables and the _system:* queries
+        self.files = FileStorage(settings, store, self.clock)
         self._readers = ThreadPoolExecutor(max(2, settings.sqlite_readers), thread_name_prefix="corral-reader")
 
     def start(self) -> None:
         self.store.open(self.schema)
+        self.files.start()
         self.watchdog.start()
 
     def stop(self) -> None:
@@ -95,6 +103,9 @@ class Engine:
             spec = self.registry.get(path)
         if spec is None or spec.kind != kind or not (spec.public or internal_ok or caller.is_admin):
             raise FunctionNotFound(path, kind)
+        refusal = caller.refusal(path, getattr(spec, "for_runners", False))
+        if refusal is not None:
+            raise FunctionError(refusal)
         return spec
 
     def prepare_args(self, spec: FunctionSpec, args: Any) -> dict[str, Any]:
@@ -109,7 +120,8 @@ class Engine:
         """Run a query on a snapshot connection in the calling (worker) thread."""
         read_set = ReadSet()
         db = DatabaseReader(conn, self.schema, read_set)
-        ctx = QueryCtx(db, caller, self.clock.now_ms())
+        ctx = QueryCtx(db, caller, self.clock.now_ms(), self.files)
+        ctx.env = self.env
         try:
             with self.watchdog.guard(self.settings.function_timeout, conn, f"query {spec.path}"):
                 value = spec.fn(ctx, **args)
@@ -151,7 +163,9 @@ class Engine:
                       session: tuple[str, int] | None) -> Any:
         def job(conn: StoreConn) -> tuple[Any, WriteSet]:
             db = DatabaseWriter(conn, self.schema, self.clock.now_ms(), self.settings.max_document_bytes)
-            ctx = MutationCtx(db, caller, db._now_ms)
+            ctx = MutationCtx(db, caller, db._now_ms, self.files)
+            ctx.env = self.env
+            ctx.scheduler = MutationScheduler(self, db, db._now_ms)
             try:
                 with self.watchdog.guard(self.settings.function_timeout, conn, f"mutation {spec.path}", writes=True):
                     value = spec.fn(ctx, **args)

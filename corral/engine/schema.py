@@ -146,9 +146,12 @@ class Schema:
         self.tables: dict[str, TableDef] = {}
         self._by_tag: dict[bytes, TableDef] = {}
 
-    def add_table(self, cls: type[Table], *, module: str) -> TableDef:
+    def add_table(self, cls: type[Table], *, module: str, system: bool = False) -> TableDef:
+        """Add a table; `system` tables (Corral's own, such as `_scheduled_functions`) start with '_'."""
         name = cls.__table_name__
-        if not NAME_RE.match(name) or name.startswith("_"):
+        if system and name.startswith("_") and NAME_RE.match(name[1:]):
+            pass
+        elif not NAME_RE.match(name) or name.startswith("_"):
             raise SchemaError(f"table name {name!r} (in {module}) must start with a letter and hold only letters, digits and '_'")
         if name in self.tables:
             other = self.tables[name]

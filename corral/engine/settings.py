@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -38,6 +39,27 @@ class Settings:
     session_request_retention: float = 3600.0
     maintenance_interval: float = 60.0
     group_commit_max: int = 64
+    # File storage (docs/files.md).
+    storage_dir: Path | None = None  # blobs; default <data_dir>/storage. Nodes sharing a database share this too
+    upload_url_lifetime: float = 3600.0  # seconds an upload URL stays valid
+    max_upload_bytes: int = 1 << 30  # largest file accepted by an upload URL or ctx.storage.store (1 GiB)
+    # Scheduler and crons (docs/scheduling.md); durations in seconds.
+    scheduler_poll_interval: float = 1.0  # longest wait before the dispatcher looks for due jobs it was not told of
+    scheduler_concurrency: int = 16  # scheduled jobs in flight per node (claims, and actions running)
+    scheduler_retention: float = 7 * 86400.0  # how long finished jobs stay in _scheduled_functions
+    scheduler_claim_lease: float = 30.0  # PostgreSQL: how long due jobs a node has claimed stay its own before others may take them
+    # HTTP actions (docs/http-actions.md): CORS for /http/, off unless origins are listed.
+    http_cors_origins: str = ""  # comma-separated origins allowed to call /http/ from a browser, or "*"
+    http_cors_headers: str = "Content-Type, Authorization"  # request headers a browser may send
+    http_cors_max_age: float = 600.0  # seconds a browser may cache a preflight answer
+    # Auth (docs/auth.md): trusted token issuers, the node's own issuer, durations in seconds.
+    auth_providers: list[dict[str, Any]] = field(default_factory=list)  # JSON in CORRAL_AUTH_PROVIDERS
+    auth_issuer: str | None = None  # default: <node URL>/api/auth
+    auth_token_ttl: float = 3600.0  # lifetime of tokens minted by `corral token mint` without --ttl
+    auth_clock_leeway: float = 10.0  # slack when checking a token's exp, nbf and iat
+    auth_jwks_cache_ttl: float = 3600.0  # how long an issuer's fetched keys are trusted before a refetch
+    auth_jwks_refetch_interval: float = 60.0  # least time between refetches for a token with an unknown kid
+    auth_jwks_fetch_timeout: float = 10.0
 
     @property
     def sqlite_path(self) -> Path:
@@ -77,7 +99,7 @@ class Settings:
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
     try:
-        if name in ("data_dir", "functions_dir"):
+        if name in ("data_dir", "functions_dir", "storage_dir"):
             return Path(value).expanduser() if value is not None else None
         if isinstance(default, bool):
             return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
@@ -85,6 +107,11 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             return int(value)
         if isinstance(default, float):
             return float(value)
+        if isinstance(default, list):  # a TOML array, or JSON text from the environment
+            parsed = json.loads(value) if isinstance(value, str) else value
+            if not isinstance(parsed, list):
+                raise ValueError("expected a list (JSON text in an environment variable)")
+            return parsed
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting '{name}' has the bad value {value!r}: {exc}") from exc
     return value

@@ -32,6 +32,10 @@ class ProtocolError(Exception):
     """The client sent something that is not a valid protocol message; the socket is closed."""
 
 
+class CredentialLapsed(Exception):
+    """The socket's token expired or its API key was revoked: AuthError, then the socket is closed."""
+
+
 def _require(message: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     if name not in message:
         raise ProtocolError(f"{message.get('type')} message is missing '{name}'")
@@ -81,7 +85,7 @@ class SyncSession:
         await self.ws.accept()
         self.hub.add_client(self.client)
         SYNC_CLIENTS.inc()
-        self.last_sent = asyncio.get_running_loop().time()
+        self.last_sent = self.engine.clock.monotonic()
         writer = asyncio.create_task(self._write_loop())
         mutator = asyncio.create_task(self._mutation_loop())
         pinger = asyncio.create_task(self._ping_loop())
@@ -93,6 +97,14 @@ class SyncSession:
             await asyncio.wait_for(writer, timeout=5)
             with contextlib.suppress(Exception):
                 await self.ws.close(code=1008, reason="ProtocolError")
+        except CredentialLapsed as exc:
+            # As Convex does: the client fetches a fresh token and reconnects.
+            self.outbox.put_nowait({"type": "AuthError", "error": str(exc), "baseVersion": self.client.identity_version,
+                                    "authUpdateAttempted": False})
+            self.outbox.put_nowait(None)
+            await asyncio.wait_for(writer, timeout=5)
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=1008, reason="Unauthenticated")
         except WebSocketDisconnect:
             pass
         finally:
@@ -108,26 +120,27 @@ class SyncSession:
     async def _write_loop(self) -> None:
         ws = self.ws
         outbox = self.outbox
+        clock = self.engine.clock
         try:
             while True:
                 message = await outbox.get()
                 if message is None:
                     return
-                self.last_sent = asyncio.get_running_loop().time()
+                self.last_sent = clock.monotonic()
                 await ws.send_text(orjson.dumps(message).decode())
         except (WebSocketDisconnect, RuntimeError, OSError):
             return
 
     async def _ping_loop(self) -> None:
         """A Ping whenever nothing else went out for `ping_interval` seconds."""
-        loop = asyncio.get_running_loop()
+        clock = self.engine.clock  # the engine's clock: a test that advances it gets its Ping at once
         while True:
-            idle = loop.time() - self.last_sent
+            idle = clock.monotonic() - self.last_sent
             if idle >= self.ping_interval:
                 self.outbox.put_nowait({"type": "Ping"})
-                self.last_sent = loop.time()
+                self.last_sent = clock.monotonic()
                 idle = 0.0
-            await asyncio.sleep(self.ping_interval - idle)
+            await clock.sleep(self.ping_interval - idle)
 
     async def _read_loop(self) -> None:
         while True:
@@ -154,14 +167,17 @@ class SyncSession:
         if kind == "Connect":
             self.session_id = str(_require(message, "sessionId", str))
         elif kind == "ModifyQuerySet":
+            await self._check_credential()
             self._modify_query_set(message)
         elif kind == "Mutation":
+            await self._check_credential()
             self._check_request(message)
             try:
                 self.mutations.put_nowait(message)
             except asyncio.QueueFull:
                 raise ProtocolError(f"more than {MAX_QUEUED_MUTATIONS} mutations queued on one socket") from None
         elif kind == "Action":
+            await self._check_credential()
             self._check_request(message)
             task = asyncio.create_task(self._run_action(message))
             self.tasks.add(task)
@@ -233,6 +249,16 @@ class SyncSession:
                             spec=spec, error=error, journal=journal if isinstance(journal, str) else None)
 
     # -- auth
+    async def _check_credential(self) -> None:
+        """Each request re-checks that the socket's token has not expired (nor its API key been revoked)."""
+        still_valid = getattr(self.authenticate, "still_valid", None)
+        if still_valid is None:
+            return
+        try:
+            await still_valid(self.client.caller)
+        except Unauthenticated as exc:
+            raise CredentialLapsed(exc.message) from None
+
     async def _authenticate(self, message: dict[str, Any]) -> None:
         base = _int(message, "baseVersion")
         client = self.client

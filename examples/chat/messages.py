@@ -10,5 +10,10 @@ def list(ctx: QueryCtx) -> list[Message]:
 
 
 @mutation
-def send(ctx: MutationCtx, author: str, body: str) -> None:
-    ctx.db.insert(Message(author=author, body=body))
+def send(ctx: MutationCtx, body: str, author: str | None = None) -> None:
+    """A signed-in caller sends under the name in their identity; an anonymous one passes `author`."""
+    user = ctx.auth.get_user_identity()
+    name = user.get("name") if user is not None else None
+    if not isinstance(name, str) or not name:
+        name = author or "anonymous"
+    ctx.db.insert(Message(author=name, body=body))
