@@ -16,7 +16,6 @@ was running are not made up: a late cron runs once, then keeps its schedule.
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
 from collections.abc import Callable
@@ -262,15 +261,7 @@ def _int(value: Any, what: str, hi: int) -> int:
 def load_crons(registry: Registry) -> list[CronSpec]:
     """Every cron declared in `crons.py` of Corral's own functions and of the functions folder."""
     found: dict[str, CronSpec] = {}
-    for package, root, origin in registry.roots:
-        file = root / f"{CRONS_MODULE}.py"
-        if not file.is_file():
-            continue
-        where = f"{origin}/{CRONS_MODULE}.py"
-        try:
-            module = importlib.import_module(f"{package}.{CRONS_MODULE}")
-        except Exception as exc:
-            raise SchemaError(f"cannot load the crons of {where}: {type(exc).__name__}: {exc}") from exc
+    for module, where in registry.declaration_modules(CRONS_MODULE, "crons"):
         for value in vars(module).values():
             if not isinstance(value, Crons):
                 continue

@@ -10,7 +10,7 @@ import inspect
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -197,6 +197,18 @@ class Registry:
         if (folder / "__init__.py").exists():
             spec.loader.exec_module(pkg)
         self._load_tree(package, folder, str(folder))
+
+    def declaration_modules(self, name: str, what: str) -> Iterator[tuple[types.ModuleType, str]]:
+        """Each loaded tree's `<name>.py` (crons, http), imported, with where it came from."""
+        for package, root, origin in self.roots:
+            if not (root / f"{name}.py").is_file():
+                continue
+            where = f"{origin}/{name}.py"
+            try:
+                module = importlib.import_module(f"{package}.{name}")
+            except Exception as exc:
+                raise SchemaError(f"cannot load the {what} of {where}: {type(exc).__name__}: {exc}") from exc
+            yield module, where
 
     def _load_tree(self, package: str, root: Path, origin: str) -> None:
         self.roots.append((package, root, origin))

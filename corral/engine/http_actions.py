@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -107,14 +106,7 @@ class HttpRouter:
 def load_routes(registry: Registry) -> list[HttpRoute]:
     """Every route declared in `http.py` of Corral's own functions and of the functions folder."""
     routes: list[HttpRoute] = []
-    for package, root, origin in registry.roots:
-        if not (root / f"{HTTP_MODULE}.py").is_file():
-            continue
-        where = f"{origin}/{HTTP_MODULE}.py"
-        try:
-            module = importlib.import_module(f"{package}.{HTTP_MODULE}")
-        except Exception as exc:
-            raise SchemaError(f"cannot load the HTTP routes of {where}: {type(exc).__name__}: {exc}") from exc
+    for module, where in registry.declaration_modules(HTTP_MODULE, "HTTP routes"):
         for value in vars(module).values():
             if not isinstance(value, HttpRouter):
                 continue
