@@ -22,9 +22,10 @@ import hashlib
 import os
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import BinaryIO, Protocol
+
+from .clock import Clock
 
 
 class StagedBlob(Protocol):
@@ -115,20 +116,23 @@ class LocalStagedBlob:
 
 
 class LocalBlobStore:
-    """Blobs as files under `root`, sharded by the first two hex digits of their hash."""
+    """Blobs as files under `root`, sharded by the first two hex digits of their hash.
 
-    STALE_UPLOAD_SECONDS = 24 * 3600.0  # a temp file this old belongs to no live upload
+    `start` removes temporary files older than `stale_upload_age` seconds by the engine's
+    `clock` (setting `storage_stale_upload_age`): they belong to no live upload."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, clock: Clock | None = None, stale_upload_age: float = 86400.0) -> None:
         self.root = Path(root)
         self.blob_dir = self.root / "blobs"
         self.tmp_dir = self.root / "tmp"
+        self.clock = clock or Clock()
+        self.stale_upload_age = stale_upload_age
 
     def start(self) -> None:
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         # Only old leftovers: with a shared directory, other nodes may be receiving uploads now.
-        horizon = time.time() - self.STALE_UPLOAD_SECONDS
+        horizon = self.clock.time() - self.stale_upload_age
         for leftover in self.tmp_dir.glob("upload-*"):
             with contextlib.suppress(OSError):
                 if leftover.stat().st_mtime < horizon:

@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class Clock:
@@ -71,3 +74,22 @@ class Clock:
                     await asyncio.wait_for(woken.wait(), left)
         finally:
             unsubscribe()
+
+    async def within(self, awaitable: Awaitable[T], seconds: float) -> T:
+        """Await `awaitable`, cancelling it and raising TimeoutError once `seconds` of this clock's
+        time have passed (like asyncio.wait_for, but advance() counts)."""
+        task = asyncio.ensure_future(awaitable)
+        timer = asyncio.ensure_future(self.sleep(seconds))
+        try:
+            await asyncio.wait((task, timer), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            raise
+        finally:
+            timer.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait((task,))  # let it unwind; a cancellation of ours still propagates
+            if task.cancelled() or task.exception() is not None:
+                raise TimeoutError
+        return task.result()

@@ -6,9 +6,13 @@ They come from two places, read once when the node starts (the later wins):
    `export ` and optional quotes around the value are allowed);
 2. environment variables `CORRAL_ENV_<NAME>`.
 
-Values live only in the node's memory: Corral never writes them to the database, and every value
-of `SECRET_MIN_LENGTH` characters or more is masked as `[secret NAME]` in the node's log lines and
-in the error messages it records or sends (`redact`). `repr(ctx.env)` shows names, never values.
+Values live only in the node's memory: Corral never writes them to the database, and secrets are
+masked as `[secret NAME]` in the node's log lines and in the error messages it records or sends
+(`redact`). A secret is the value of a variable whose name says it is one (`…KEY`, `…TOKEN`,
+`…SECRET`, `…PASSWORD`…: see `is_secret_name`), whatever its length — a 4-digit PIN included — and
+any value of `SECRET_MIN_LENGTH` characters or more, whatever its name. Shorter values of other
+variables (`DEBUG=1`, `REGION=eu`) are not masked: they are too common in text to mask everywhere.
+`repr(ctx.env)` shows names, never values.
 """
 
 from __future__ import annotations
@@ -29,13 +33,24 @@ log = structlog.get_logger("corral.env")
 
 ENV_PREFIX = "CORRAL_ENV_"
 ENV_FILE = "env"
-SECRET_MIN_LENGTH = 8  # shorter values (flags, small numbers) are too common to mask in text
+SECRET_MIN_LENGTH = 8  # values this long are masked whatever their name; shorter ones when the name says secret
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Names whose values are secrets at any length: OPENAI_API_KEY, GITHUB_TOKEN, DB_PASSWORD, ADMIN_PIN…
+_SECRET_WORDS = re.compile(r"(?:^|_)(?:API_?KEY|KEYS?|SECRETS?|TOKENS?|PASSWORD|PASSWD|PASSPHRASE|PASS|PWD|PW|PIN|OTP"
+                           r"|CREDENTIALS?|CREDS|PRIVATE|SALT|SIGNATURE)(?:_|$)", re.IGNORECASE)
+_SECRET_PARTS = re.compile(r"SECRET|TOKEN|PASSWORD|APIKEY", re.IGNORECASE)  # inside a word too: GHTOKEN, OPENAIAPIKEY
 
-# Every value any node in this process was configured with, longest first (so that a value that
+# Every secret any node in this process was configured with, longest first (so that a value that
 # contains another is masked whole): the masking is process-wide because logging is.
 _secrets: list[tuple[str, str]] = []
+# All of them matched in one pass (a mask is never masked again), and each one's name.
+_masking: tuple[re.Pattern[str], dict[str, str]] | None = None
 _secrets_lock = threading.Lock()
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a variable's name marks its value as a secret, masked whatever its length."""
+    return _SECRET_WORDS.search(name) is not None or _SECRET_PARTS.search(name) is not None
 
 
 class MissingVariable(KeyError):
@@ -112,31 +127,37 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def remember_secrets(values: Mapping[str, str]) -> None:
+    global _masking
     with _secrets_lock:
         known = dict(_secrets)
         for name, value in values.items():
-            if len(value) >= SECRET_MIN_LENGTH:
+            if value and (len(value) >= SECRET_MIN_LENGTH or is_secret_name(name)):
                 known[value] = name
         _secrets[:] = sorted(known.items(), key=lambda item: -len(item[0]))
+        if _secrets:
+            _masking = re.compile("|".join(re.escape(value) for value, _name in _secrets)), dict(_secrets)
 
 
 def redact(text: str) -> str:
-    """`text` with every configured value (of SECRET_MIN_LENGTH characters or more) masked."""
-    if not _secrets or not isinstance(text, str):
+    """`text` with every secret (see the module's docstring) masked as `[secret NAME]`."""
+    masking = _masking
+    if masking is None or not isinstance(text, str):
         return text
-    for value, name in _secrets:
-        if value in text:
-            text = text.replace(value, f"[secret {name}]")
-    return text
+    pattern, names = masking
+    return pattern.sub(lambda m: f"[secret {names[m.group(0)]}]", text)
 
 
 def redact_event(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """A structlog processor: masks configured values in every string of a log event."""
-    if not _secrets:
+    """A structlog processor: masks secrets in every string of a log event, tracebacks included."""
+    masking = _masking
+    if masking is None:
         return event
+    if event.get("exc_info"):
+        event = structlog.processors.format_exc_info(_logger, _method, event)  # as text, so it can be masked
     for key, value in event.items():
         if isinstance(value, str):
             event[key] = redact(value)
-        elif isinstance(value, (list, tuple, dict)):
-            event[key] = redact(repr(value)) if any(v in repr(value) for v, _ in _secrets) else value
+        elif isinstance(value, (list, tuple, dict, set, BaseException)):
+            text = repr(value)
+            event[key] = redact(text) if masking[0].search(text) else value
     return event

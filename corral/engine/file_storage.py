@@ -126,7 +126,7 @@ class FileStorage:
         self.store = store
         self.clock = clock
         root = settings.storage_dir or Path(settings.data_dir) / "storage"
-        self.blobs: BlobStore = blobs or LocalBlobStore(Path(root))
+        self.blobs: BlobStore = blobs or LocalBlobStore(Path(root), clock, settings.storage_stale_upload_age)
         # The URL clients reach this node at; the node sets it (get_url and upload URLs start with it).
         self.origin = f"http://{settings.host}:{settings.port}"
         self._key = b""

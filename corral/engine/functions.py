@@ -34,6 +34,7 @@ class FunctionSpec:
     accepts_extra: bool = False
     compiled: bool = False
     arg_names: list[str] = field(default_factory=list)
+    for_runners: bool = False  # runner keys may call it (see `for_runners` below); they may call nothing else
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -131,6 +132,20 @@ action = _decorator("action", True)
 internal_query = _decorator("query", False)
 internal_mutation = _decorator("mutation", False)
 internal_action = _decorator("action", False)
+
+
+def for_runners(spec: FunctionSpec) -> FunctionSpec:
+    """Let runner keys call this function: it is how a runner registers and reports its work.
+    Every other function refuses a runner key. Put it above the kind decorator:
+
+        @for_runners
+        @mutation
+        def report(ctx: MutationCtx, ...) -> None: ...
+    """
+    if not isinstance(spec, FunctionSpec):
+        raise TypeError("@for_runners goes above @query, @mutation or @action (or their internal_ forms)")
+    spec.for_runners = True
+    return spec
 
 
 def canonical_path(path: str) -> str:

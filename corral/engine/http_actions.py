@@ -187,12 +187,15 @@ class HttpActions:
             return
         label = f"HTTP action {route.describe()}"
         timeout = self.engine.settings.action_timeout
+
+        async def answer() -> None:
+            response = await route.handler(ActionCtx(self.engine, caller), request)
+            if not isinstance(response, Response):
+                raise TypeError(f"it returned {type(response).__name__}, not a starlette Response")
+            await response(scope, receive, send)
+
         try:
-            async with asyncio.timeout(timeout):
-                response = await route.handler(ActionCtx(self.engine, caller), request)
-                if not isinstance(response, Response):
-                    raise TypeError(f"it returned {type(response).__name__}, not a starlette Response")
-                await response(scope, receive, send)
+            await self.engine.clock.within(answer(), timeout)  # the engine's time: Clock.advance counts
         except TimeoutError:
             log.warning("http_action.timeout", route=route.describe(), limit=timeout)
             await _safe_error(scope, receive, send, 504, "FunctionTimeout", f"{label} ran longer than its limit of {timeout:g} s")

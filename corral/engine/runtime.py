@@ -103,7 +103,7 @@ class Engine:
             spec = self.registry.get(path)
         if spec is None or spec.kind != kind or not (spec.public or internal_ok or caller.is_admin):
             raise FunctionNotFound(path, kind)
-        refusal = caller.refusal(path, getattr(spec, "for_runners", False))
+        refusal = caller.refusal(path, spec.for_runners)
         if refusal is not None:
             raise FunctionError(refusal)
         return spec
@@ -231,7 +231,7 @@ class Engine:
         valid = self.prepare_args(spec, args)
         ctx = ActionCtx(self, caller)
         try:
-            value = await asyncio.wait_for(spec.fn(ctx, **valid), timeout=self.settings.action_timeout)
+            value = await self.clock.within(spec.fn(ctx, **valid), self.settings.action_timeout)  # the engine's time
             value = spec.validate_return(value)
             check_value(value, what=f"the value returned by {spec.path}")
         except TimeoutError:

@@ -36,6 +36,8 @@ class Settings:
     postgres_writers: int = 4
     postgres_readers: int = 4
     commit_log_retention: float = 300.0
+    commit_log_cleanup_interval: float = 10.0  # PostgreSQL: how often a node trims the shared commit log to commit_log_retention
+    live_query_ring: float = 120.0  # commits kept in memory to bring a re-run live query up to date; an older snapshot re-runs once more
     session_request_retention: float = 3600.0
     maintenance_interval: float = 60.0
     group_commit_max: int = 64
@@ -43,6 +45,7 @@ class Settings:
     storage_dir: Path | None = None  # blobs; default <data_dir>/storage. Nodes sharing a database share this too
     upload_url_lifetime: float = 3600.0  # seconds an upload URL stays valid
     max_upload_bytes: int = 1 << 30  # largest file accepted by an upload URL or ctx.storage.store (1 GiB)
+    storage_stale_upload_age: float = 86400.0  # at start, partial uploads older than this (engine clock) are removed
     # Scheduler and crons (docs/scheduling.md); durations in seconds.
     scheduler_poll_interval: float = 1.0  # longest wait before the dispatcher looks for due jobs it was not told of
     scheduler_concurrency: int = 16  # scheduled jobs in flight per node (claims, and actions running)
@@ -60,6 +63,26 @@ class Settings:
     auth_jwks_cache_ttl: float = 3600.0  # how long an issuer's fetched keys are trusted before a refetch
     auth_jwks_refetch_interval: float = 60.0  # least time between refetches for a token with an unknown kid
     auth_jwks_fetch_timeout: float = 10.0
+    # Sandboxes and runners (docs/sandboxes.md); durations in seconds.
+    sandbox_provider: str = "local"  # the embedded runner's provider: local (bubblewrap) or host (no isolation: trusted work only)
+    sandbox_idle_timeout: float = 600.0  # a running sandbox with no activity for this long is paused (0: never)
+    sandbox_retention: float = 30 * 86400.0  # a paused (or lost) sandbox is killed and cleaned after this long
+    sandbox_max_timeout: float = 86400.0  # the longest timeout a create, connect or set_timeout may ask for
+    sandbox_touch_interval: float = 15.0  # data-plane activity is written at most this often per sandbox
+    e2b_watcher_idle: float = 600.0  # an envd CreateWatcher watch not polled for this long is dropped
+    e2b_keepalive_floor: float = 1.0  # shortest keepalive interval an envd stream may ask for
+    e2b_token_reload_interval: float = 1.0  # shortest time between two reloads of access tokens for signed URLs
+    sandbox_cpu_count: int = 2  # limits of a sandbox whose create asks for none (the E2B API never does)
+    sandbox_memory_mb: int = 512
+    sandbox_disk_mb: int = 1024  # its writable home and /tmp together
+    sandbox_pids: int = 512
+    sandbox_uid_base: int = 1_000_000  # local provider: sandboxes run as host uids from here (one each, host-wide)
+    sandbox_uid_count: int = 100_000
+    runner_embedded: bool = True  # run one runner inside the node
+    runner_capacity: int = 100  # sandboxes (running and paused) the embedded runner may hold
+    runner_labels: str = ""  # comma-separated labels of the embedded runner, for placement
+    runner_lease: float = 30.0  # a runner without a heartbeat for this long is lost, and so are its sandboxes
+    runner_heartbeat_interval: float = 10.0  # how often a runner renews its lease
 
     @property
     def sqlite_path(self) -> Path:

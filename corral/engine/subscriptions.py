@@ -33,8 +33,6 @@ from .values import encode, ts_to_wire
 
 log = structlog.get_logger("corral.sync")
 
-RING_SECONDS_NS = 120 * 10**9
-
 
 @dataclass(eq=False)
 class Subscription:
@@ -91,6 +89,7 @@ class SyncHub:
         self._by_table: dict[str, set[Subscription]] = {}
         self._owner: dict[Subscription, ClientState] = {}
         self._ring: deque[tuple[int, WriteSet]] = deque()
+        self._ring_ns = int(engine.settings.live_query_ring * 1e9)  # commit timestamps are the engine clock's ns
         self._dirty: set[ClientState] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._round_task: asyncio.Task[None] | None = None
@@ -105,7 +104,7 @@ class SyncHub:
     def _on_commit(self, ts: int, writes: WriteSet) -> None:
         with self.lock:
             self._ring.append((ts, writes))
-            horizon = ts - RING_SECONDS_NS
+            horizon = ts - self._ring_ns
             while self._ring and self._ring[0][0] < horizon:
                 self._ring.popleft()
             woke = False

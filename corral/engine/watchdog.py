@@ -30,8 +30,13 @@ class _Guarded:
     fired: bool = False
 
 
+# How often the watchdog compares deadlines with the clock: a resolution (a limit fires at most this
+# much real time late, also after Clock.advance), not a duration a user tunes, so not a setting.
+WATCHDOG_TICK = 0.02
+
+
 class Watchdog:
-    def __init__(self, clock: Clock, tick: float = 0.02) -> None:
+    def __init__(self, clock: Clock, tick: float = WATCHDOG_TICK) -> None:
         self._clock = clock
         self._tick = tick
         self._lock = threading.Lock()

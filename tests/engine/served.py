@@ -42,8 +42,18 @@ class ServedNode:
         return value
 
     def jobs(self, **filters: Any) -> list[dict[str, Any]]:
-        """Every scheduled job (newest first), through the built-in query."""
-        return self.call("query", "_system:scheduled_functions", {"limit": 1000, **filters})  # type: ignore[no-any-return]
+        """Every scheduled job (newest first), through the built-in query, except those of Corral's
+        own crons (corral/app/crons.py: the sandbox lifecycle), which tick on their own."""
+        listed = self.call("query", "_system:scheduled_functions", {"limit": 1000, **filters})
+        return [j for j in listed if not self.is_corrals_own(j["name"])]
+
+    def crons(self) -> list[dict[str, Any]]:
+        """The crons of the served functions folder (not Corral's own)."""
+        return [c for c in self.call("query", "_system:cron_jobs") if not self.is_corrals_own(c["function"])]
+
+    def is_corrals_own(self, function: str) -> bool:
+        module = function.partition(":")[0]
+        return str(self.node.registry.modules.get(module, "")).startswith("corral/app/")
 
     def stop(self) -> None:
         self.server.should_exit = True

@@ -204,3 +204,17 @@ def test_keys_and_revocations_reach_every_node_on_one_postgres(tmp_path: Path, p
         a.admin("POST", "/api/auth/api_keys/revoke", {"key": "shared"})
         response = b.whoami(bearer(created["key"]))
         assert response.status_code == 401 and "was revoked" in response.json()["message"]
+
+
+def test_a_runner_key_may_call_only_the_functions_made_for_runners(tmp_path: Path) -> None:
+    services = Path(__file__).resolve().parent.parent / "fixtures" / "services"
+    with serve_node(tmp_path / "data", functions=services) as node:
+        runner = create(node, "builder-2", kind="runner")["key"]
+        client = create(node, "sdk-2")["key"]
+        reported = node.call("mutation", "runner_reports:report", {"label": "up"}, bearer(runner)).json()
+        assert reported["status"] == "success" and reported["value"] == {"name": "builder-2", "keyKind": "runner"}
+        refused = node.call("mutation", "jobs:open_gate", {"name": "g"}, bearer(runner)).json()
+        assert refused["status"] == "error" and "may only register a runner and report its work" in refused["errorMessage"]
+        # Other callers keep their rights to such a function.
+        assert node.call("mutation", "runner_reports:report", {"label": "by a client"}, bearer(client)).json()["status"] == "success"
+        assert node.call("query", "jobs:gate_is_open", {"name": "g"}).json()["value"] is False

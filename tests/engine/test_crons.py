@@ -24,7 +24,8 @@ TICKER = ROOT / "tests" / "fixtures" / "ticker"
 
 @pytest.fixture
 def node(tmp_path: Path, database_url: str | None):  # type: ignore[no-untyped-def]
-    with served(tmp_path / "data", database_url=database_url, functions=CRONS) as running:
+    # Actions' time limit is on the same clock: long enough for the slow cron's run to outlast ticks.
+    with served(tmp_path / "data", database_url=database_url, functions=CRONS, action_timeout=3600.0) as running:
         yield running
 
 
@@ -33,7 +34,7 @@ def ticks(node: ServedNode, label: str) -> int:
 
 
 def cron(node: ServedNode, name: str) -> dict:
-    return next(c for c in node.call("query", "_system:cron_jobs") if c["name"] == name)
+    return next(c for c in node.crons() if c["name"] == name)
 
 
 def cron_jobs(node: ServedNode, function: str, label: str) -> list[dict]:
@@ -42,7 +43,7 @@ def cron_jobs(node: ServedNode, function: str, label: str) -> list[dict]:
 
 
 def test_declared_crons_are_listed_with_their_next_run(node):
-    listed = {c["name"]: c for c in node.call("query", "_system:cron_jobs")}
+    listed = {c["name"]: c for c in node.crons()}
     assert set(listed) == {"every minute", "at three", "slow"}
     assert listed["every minute"]["schedule"] == "every 60s"
     assert listed["every minute"]["function"] == "ticks:tick"
@@ -104,10 +105,10 @@ def test_a_cron_expression_runs_at_its_utc_time(node):
 def test_a_restart_keeps_each_crons_schedule(tmp_path, database_url):
     clock = Clock()
     with served(tmp_path / "data", database_url=database_url, functions=CRONS, clock=clock) as first:
-        before = {c["name"]: c["nextRun"] for c in first.call("query", "_system:cron_jobs")}
+        before = {c["name"]: c["nextRun"] for c in first.crons()}
     clock.advance(30)
     with served(tmp_path / "data", database_url=database_url, functions=CRONS, clock=clock) as second:
-        after = {c["name"]: c["nextRun"] for c in second.call("query", "_system:cron_jobs")}
+        after = {c["name"]: c["nextRun"] for c in second.crons()}
         assert after == before
         clock.advance(30)
         wait_until(lambda: ticks(second, "minute") == 1, what="the tick planned before the restart")
@@ -115,9 +116,9 @@ def test_a_restart_keeps_each_crons_schedule(tmp_path, database_url):
 
 def test_crons_no_longer_declared_are_removed(tmp_path):
     with served(tmp_path / "data", functions=CRONS) as first:
-        assert len(first.call("query", "_system:cron_jobs")) == 3
+        assert len(first.crons()) == 3
     with served(tmp_path / "data", functions=TICKER) as second:
-        assert [c["name"] for c in second.call("query", "_system:cron_jobs")] == ["every second"]
+        assert [c["name"] for c in second.crons()] == ["every second"]
 
 
 # -- declarations checked when the node starts -------------------------------------------
@@ -217,3 +218,14 @@ def test_with_two_nodes_each_tick_runs_once(live_node_factory, postgres_url):
         assert len(times) == len(set(times)), "one tick was scheduled twice"
         assert all((b - a) % 1000 == 0 for a, b in zip(times, times[1:], strict=False)), "the ticks keep the cron's phase"
         assert set(seen["nodes"]) <= {"a", "b"}
+
+
+def test_crons_of_corral_s_own_package_are_found_like_those_of_a_functions_folder():
+    """Corral's own crons (corral/app/crons.py) are loaded from an importable package, not a folder."""
+    from corral.engine.crons import load_crons
+    from corral.engine.functions import Registry
+
+    registry = Registry()
+    registry.load_package("tests.fixtures.crons", "tests/fixtures/crons")
+    assert {s.name: s.path for s in load_crons(registry)} == {
+        "every minute": "ticks:tick", "at three": "ticks:tick", "slow": "ticks:slow"}

@@ -75,17 +75,23 @@ def test_a_malformed_env_file_stops_the_node_naming_the_line_not_its_content(tmp
     assert "line 2" in err.value.message and "sk-do-not-print" not in err.value.message
 
 
-def test_secrets_never_reach_logs_errors_or_the_database(live_node_factory, tmp_path):
-    node = live_node_factory(functions=SERVICES, env={"CORRAL_ENV_API_KEY": SECRET})
+# A long value is a secret whatever its name; a short one when its name says so (…KEY, …PASSWORD, …PIN).
+SECRETS = {"long": ("API_KEY", SECRET), "short": ("DB_PASSWORD", "Zq9#")}
+
+
+@pytest.mark.parametrize("case", list(SECRETS))
+def test_secrets_never_reach_logs_errors_or_the_database(live_node_factory, tmp_path, case):
+    name, secret = SECRETS[case]
+    node = live_node_factory(functions=SERVICES, env={f"CORRAL_ENV_{name}": secret})
 
     def post(route: str, body: dict) -> dict:
         response = httpx.post(node.url + route, content=orjson.dumps(body), headers={"content-type": "application/json"}, timeout=30)
         return response.json()  # type: ignore[no-any-return]
 
-    failed = post("/api/action", {"path": "settings_reader:leak", "args": {"name": "API_KEY"}})
+    failed = post("/api/action", {"path": "settings_reader:leak", "args": {"name": name}})
     assert failed["status"] == "error"
-    assert SECRET not in failed["errorMessage"] and "[secret API_KEY]" in failed["errorMessage"]
-    job_id = post("/api/mutation", {"path": "settings_reader:schedule_leak", "args": {"name": "API_KEY"}})["value"]
+    assert secret not in failed["errorMessage"] and f"[secret {name}]" in failed["errorMessage"]
+    job_id = post("/api/mutation", {"path": "settings_reader:schedule_leak", "args": {"name": name}})["value"]
     deadline = time.monotonic() + 15
     while True:
         job = post("/api/query", {"path": "jobs:job", "args": {"job_id": job_id}})["value"]
@@ -93,10 +99,23 @@ def test_secrets_never_reach_logs_errors_or_the_database(live_node_factory, tmp_
             break
         time.sleep(0.02)
     assert job["state"]["kind"] == "failed"
-    assert SECRET not in job["state"]["error"] and "[secret API_KEY]" in job["state"]["error"]
+    assert secret not in job["state"]["error"] and f"[secret {name}]" in job["state"]["error"]
     node.stop()
     log = (node.data_dir.parent / f"node-{node.url.rsplit(':', 1)[1]}.log").read_text()
-    assert "function.uncaught" in log and "[secret API_KEY]" in log
-    assert SECRET not in log
+    assert "function.uncaught" in log and f"[secret {name}]" in log
+    assert secret not in log.replace(f"[secret {name}]", "")
     for file in Path(node.data_dir).glob("corral.sqlite3*"):
-        assert SECRET.encode() not in file.read_bytes(), f"the secret is in {file.name}"
+        assert secret.encode() not in file.read_bytes(), f"the secret is in {file.name}"
+
+
+def test_short_values_are_masked_when_their_name_says_secret_and_left_alone_otherwise(monkeypatch):
+    from corral.engine import env
+    from corral.engine.env import is_secret_name, redact, remember_secrets
+
+    # The masking is process-wide: this test's short secrets must not mask other tests' text.
+    monkeypatch.setattr(env, "_secrets", list(env._secrets))
+    monkeypatch.setattr(env, "_masking", env._masking)
+    remember_secrets({"ADMIN_PIN": "4821", "SMTP_PW": "x9", "VERBOSE": "1", "REGION": "eu"})
+    assert redact("pin 4821 and pw x9, verbose 1 in eu") == "pin [secret ADMIN_PIN] and pw [secret SMTP_PW], verbose 1 in eu"
+    assert all(map(is_secret_name, ["OPENAI_API_KEY", "GITHUB_TOKEN", "DB_PASSWORD", "CLIENT_SECRET", "PW", "STRIPE_KEY"]))
+    assert not any(map(is_secret_name, ["MODEL", "REGION", "DEBUG", "PORT", "POWER_LEVEL", "SPINNER", "KEYBOARD", "AUTH_MODE", "PASSAGE"]))

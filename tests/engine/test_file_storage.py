@@ -254,6 +254,27 @@ def test_an_action_cannot_store_more_than_the_limit(make_node):
                 {"storage_id": call(node, "action", "files:store_text", {"text": "x" * 1000})}) == "x" * 1000
 
 
+def test_leftovers_of_interrupted_uploads_are_removed_at_start_once_stale_by_the_engine_clock(tmp_path):
+    from corral.node import Node
+
+    from ..conftest import make_settings
+
+    data = tmp_path / "data"
+    leftovers = data / "storage" / "tmp"
+    leftovers.mkdir(parents=True)
+    (leftovers / "upload-cut-short").write_bytes(b"half a file")
+    clock = Clock()
+    for advance, still_there in ((0.0, True), (3601.0, False)):
+        clock.advance(advance)
+        node = Node(make_settings(data, storage_stale_upload_age=3600.0), clock=clock)
+        node.start()
+        try:
+            # Young leftovers may be uploads another node sharing the directory is receiving.
+            assert (leftovers / "upload-cut-short").exists() is still_there
+        finally:
+            node.stop()
+
+
 # -- bad uploads: each refused, nothing kept -----------------------------------------------
 
 def test_an_expired_upload_url_is_refused(database_url, make_served):

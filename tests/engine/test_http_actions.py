@@ -97,6 +97,18 @@ def test_a_failing_handler_is_a_500_with_a_message_and_no_secret(node):
     assert wrong.status_code == 500 and "not a starlette Response" in wrong.json()["message"]
 
 
+def test_a_handler_past_its_time_limit_is_a_504_by_the_engine_clock(node):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(get, node, "/http/wait")
+        wait_until(lambda: node.call("query", "jobs:runs", {"label": "waiting"}), what="the handler starting")
+        node.clock.advance(node.node.settings.action_timeout)
+        response = answer.result(timeout=30)
+    assert response.status_code == 504 and response.json()["code"] == "FunctionTimeout"
+    assert "ran longer than its limit of 600 s" in response.json()["message"]
+
+
 def test_cors_is_off_unless_configured(node):
     response = post(node, "/http/hello", {"name": "x"}, headers={"origin": "https://app.example"})
     assert "access-control-allow-origin" not in response.headers

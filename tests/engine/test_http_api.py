@@ -115,10 +115,14 @@ def test_admin_key_reaches_internal_functions_and_can_act_as_a_user(live_node):
 
 
 def test_unknown_routes_under_each_plane_are_404_json(live_node):
-    for path in ("/api/nothing", "/e2b/sandboxes", "/envd/health", "/http/hook"):
+    for path in ("/api/nothing", "/http/hook"):
         response = httpx.get(live_node.url + path)
         assert response.status_code == 404
         assert response.json()["code"] == "NotFound"
+    for path in ("/e2b/nothing", "/envd/nothing/here"):  # E2B's error shape: {"code": 404, "message": …}
+        response = httpx.get(live_node.url + path)
+        assert response.status_code == 404
+        assert response.json()["code"] == 404 and path in response.json()["message"]
 
 
 def test_console_and_metrics(live_node):

@@ -66,7 +66,7 @@ class PostgresStore(Store):
     retryable_errors = RETRYABLE
 
     def __init__(self, url: str, *, clock: Clock | None = None, readers: int = 4, writers: int = 4,
-                 retries: int = 8, retention: float = 300.0) -> None:
+                 retries: int = 8, retention: float = 300.0, cleanup_interval: float = 10.0) -> None:
         super().__init__()
         self.url = url
         self.clock = clock or Clock()
@@ -75,6 +75,7 @@ class PostgresStore(Store):
         self._writer_count = writers
         self._retries = retries
         self._retention = retention
+        self._cleanup_interval = cleanup_interval  # seconds of the engine clock between trims of the commit log
         self._readers: queue.LifoQueue[PgConn] = queue.LifoQueue()
         self._writers: queue.LifoQueue[PgConn] = queue.LifoQueue()
         self._pool: ThreadPoolExecutor | None = None
@@ -243,8 +244,8 @@ class PostgresStore(Store):
                             self._publish(int(ts), WriteSet.from_wire(orjson.loads(writes)))
                     if len(rows) == 1000:
                         continue
-                now = time.monotonic()
-                if now - last_cleanup > 10.0:
+                now = self.clock.monotonic()
+                if now - last_cleanup > self._cleanup_interval:
                     last_cleanup = now
                     horizon = self.clock.now_ns() - int(self._retention * 1e9)
                     poll.execute("DELETE FROM _commit_log WHERE ts < %s AND ts < (SELECT max(ts) FROM _commit_log)", (horizon,))
