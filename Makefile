@@ -3,18 +3,19 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.corral-installed
 NODE_INTEROP := tests/interop/node
-BENCHMARKS := live_queries transfers storage scheduler
+BENCHMARKS := live_queries transfers storage scheduler sandboxes
 
 .PHONY: install up test lint bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml $(NODE_INTEROP)/package-lock.json scripts/install-system-packages
+$(STAMP): pyproject.toml $(NODE_INTEROP)/package-lock.json scripts/install-system-packages scripts/e2b-sdk-venvs
 	bash scripts/install-system-packages
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 	cd $(NODE_INTEROP) && npm ci --no-audit --no-fund --loglevel=error
+	PYTHON=$(PY) bash scripts/e2b-sdk-venvs .cache/e2b-sdk
 	touch $(STAMP)
 
 up: install
@@ -35,4 +36,4 @@ bench: install
 	done
 
 clean:
-	rm -rf $(VENV) $(NODE_INTEROP)/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .cache/e2b-sdk $(NODE_INTEROP)/node_modules .pytest_cache .mypy_cache .ruff_cache

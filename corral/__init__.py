@@ -12,6 +12,7 @@ from .engine.errors import ConvexError
 from .engine.file_storage import StorageId
 from .engine.functions import (
     action,
+    for_runners,
     internal_action,
     internal_mutation,
     internal_query,
@@ -36,6 +37,7 @@ __all__ = [
     "Table",
     "UserIdentity",
     "action",
+    "for_runners",
     "index",
     "internal_action",
     "internal_mutation",

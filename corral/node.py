@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from .e2b import E2bApi, E2bOptions, misdirected
 from .engine.auth import new_admin_key
 from .engine.auth_api import AuthService
 from .engine.clock import Clock
@@ -35,6 +36,7 @@ from .engine.scheduler import Scheduler
 from .engine.settings import Settings
 from .engine.storage import open_store
 from .engine.subscriptions import SyncHub
+from .runner.service import Fleet
 from .web.console import Console
 
 log = structlog.get_logger("corral.node")
@@ -42,9 +44,11 @@ log = structlog.get_logger("corral.node")
 # Every plane a node serves, by path prefix. The console takes whatever is left.
 PLANES: list[tuple[str, str]] = [
     ("/api/", "Convex protocol: HTTP functions and the WebSocket sync protocol"),
-    ("/e2b/", "E2B control API (sandboxes) — planned, answers 404 today"),
-    ("/envd/", "sandbox data plane (envd) — planned, answers 404 today"),
+    ("/e2b/", "E2B control API: create, list, connect, pause and kill sandboxes (the official e2b SDK's E2B_API_URL)"),
+    ("/envd/", "sandbox data plane: envd's process and filesystem services, /files, /health (E2B_SANDBOX_URL); "
+               "signed file URLs point at /files"),
     ("/http/", "HTTP actions: the routes of http.py in a functions folder"),
+    ("/runner/", "node↔runner data plane: other nodes reach the sandboxes of this node's embedded runner"),
     ("/", "web console"),
 ]
 
@@ -84,6 +88,13 @@ class Node:
         self.auth = AuthService(settings, store, self.clock, self.url)
         self.auth.attach(self.authenticator)
         self.http_actions = HttpActions(self.engine, self.authenticator, load_routes(self.registry))
+        # Sandboxes (corral/runner): lifecycle in the engine, execution on runners, one embedded here.
+        self.fleet = Fleet(self.engine, self.hub, settings, self.clock, self.url)
+        # E2B's protocol (corral/e2b) over the fleet: /e2b/, /envd/ and the signed /files URLs.
+        self.e2b = E2bApi(self.fleet, self.authenticator, E2bOptions(
+            max_timeout=settings.sandbox_max_timeout, max_upload_bytes=settings.max_upload_bytes,
+            watcher_idle=settings.e2b_watcher_idle, keepalive_floor=settings.e2b_keepalive_floor,
+            token_reload_interval=settings.e2b_token_reload_interval), clock=self.clock.time)
         self.app = self._build_app()
 
     def start(self) -> None:
@@ -111,22 +122,26 @@ class Node:
             *FileStorageApi(self.engine).routes(),
             *self.auth.routes(self.authenticator),
             Route("/api/{rest:path}", _not_found("Convex API"), methods=["GET", "POST", "PUT", "DELETE"]),
-            Route("/e2b/{rest:path}", _not_found("E2B control API"), methods=["GET", "POST", "PUT", "DELETE"]),
-            Route("/envd/{rest:path}", _not_found("sandbox data plane"), methods=["GET", "POST", "PUT", "DELETE"]),
+            *self.e2b.routes(),
             Mount("/http", app=self.http_actions),
+            Mount("/runner", app=self.fleet.runner_asgi),
             Route("/metrics", _metrics),
-            Route("/", console.page),
+            Route("/", console.page, methods=["GET", "HEAD"]),
+            Route("/{rest:path}", _not_served_here, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
         ]
-        return Starlette(routes=routes, lifespan=self._lifespan)
+        return Starlette(routes=routes, middleware=self.e2b.middleware(), lifespan=self._lifespan)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.hub.bind(asyncio.get_running_loop())
         housekeeping = asyncio.create_task(self._housekeeping())
         self.scheduler.start()
+        await self.fleet.start()  # the embedded runner adopts its sandboxes and reconciles with the engine
         try:
             yield
         finally:
+            await self.e2b.close()  # directory watchers made through envd's CreateWatcher
+            await self.fleet.stop()  # sandboxes keep running: the next start adopts them
             housekeeping.cancel()
             await self.scheduler.stop()
             self._remove_node_file()
@@ -159,7 +174,8 @@ class Node:
 def _store_options(settings: Settings) -> dict[str, Any]:
     if settings.database_url and settings.database_url.startswith(("postgres://", "postgresql://")):
         return {"readers": settings.postgres_readers, "writers": settings.postgres_writers,
-                "retries": settings.occ_retries, "retention": settings.commit_log_retention}
+                "retries": settings.occ_retries, "retention": settings.commit_log_retention,
+                "cleanup_interval": settings.commit_log_cleanup_interval}
     return {"readers": settings.sqlite_readers, "group_commit_max": settings.group_commit_max}
 
 
@@ -168,6 +184,16 @@ def _not_found(plane: str) -> Any:
         return json_response({"code": "NotFound", "message": f"{request.url.path} is not served by the {plane} of this node"}, 404)
 
     return endpoint
+
+
+async def _not_served_here(request: Request) -> Response:
+    """Any path no plane serves: JSON, never Starlette's plain "Not Found" (which SDKs fail to parse)."""
+    path = request.url.path
+    node_url = str(request.base_url).rstrip("/")
+    message = misdirected(path, node_url) or (
+        f"{request.method} {path} is not served by this node: its planes are "
+        + ", ".join(prefix for prefix, _ in PLANES if prefix != "/") + " and the console at /")
+    return json_response({"code": 404, "message": message}, 404)
 
 
 async def _metrics(request: Request) -> Response:

@@ -117,6 +117,10 @@ def make_node(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     yield factory
     for node in started:
         node.stop()
+    from tests.sandbox_leftovers import kill_sandboxes_under
+
+    for node in started:
+        kill_sandboxes_under(Path(node.settings.data_dir))
 
 
 # -- live nodes in their own processes ------------------------------------------
@@ -179,6 +183,10 @@ def live_node_factory(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     yield factory
     for node in nodes:
         node.stop()
+    from tests.sandbox_leftovers import kill_sandboxes_under
+
+    for node in nodes:
+        kill_sandboxes_under(node.data_dir)
 
 
 @pytest.fixture
@@ -195,3 +203,43 @@ def chat_node(live_node_factory) -> LiveNode:  # type: ignore[no-untyped-def]
 
 def node_binary() -> str | None:
     return shutil.which("node")
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path: a sandbox's agent socket lives below it (at most 107 bytes).
+
+    Sandboxes outlive their node and runner: whatever a test left running under it is killed
+    before the directory goes."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="cr-", dir="/tmp"))
+    yield path
+    from tests.sandbox_leftovers import kill_sandboxes_under
+
+    try:
+        kill_sandboxes_under(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_sandbox_left_behind() -> Iterator[None]:
+    """Fail the run if a sandbox of this session (processes, mounts, loop devices, cgroups, runtime
+    directories) is still there at its end; then clear it, so the next run starts clean.
+
+    Every local provider of this session, in process or in a child node or runner, puts its cgroups
+    under one root name of its own (CORRAL_SANDBOX_CGROUP_ROOT), so concurrent runs do not collide."""
+    from tests.sandbox_leftovers import SESSION_CGROUP_ROOT, clear, find
+
+    previous = os.environ.get("CORRAL_SANDBOX_CGROUP_ROOT")
+    os.environ["CORRAL_SANDBOX_CGROUP_ROOT"] = SESSION_CGROUP_ROOT
+    yield
+    if previous is None:
+        os.environ.pop("CORRAL_SANDBOX_CGROUP_ROOT", None)
+    else:
+        os.environ["CORRAL_SANDBOX_CGROUP_ROOT"] = previous
+    left = find()
+    clear(left)
+    if left:
+        pytest.fail(f"sandboxes of this test session were left behind (now cleared): {left.describe()}")

@@ -1,9 +1,15 @@
 """Corral's own crons, declared like a functions folder's `crons.py` (docs/scheduling.md).
 
-    crons.interval("reap idle sandboxes", sandboxes.reap_idle, minutes=1)
-    crons.daily("forget old runs", "sandbox_runs:forget_old", hour_utc=3)
+The sandbox lifecycle (docs/sandboxes.md): durations come from Settings through the
+`sandbox_policy` table; the intervals below only say how often each sweep looks.
 """
 
 from corral import Crons
 
+from . import runners, sandboxes
+
 crons = Crons()
+crons.interval("expire sandboxes", sandboxes.expire, seconds=5)  # end_at passed: kill or pause (on_timeout)
+crons.interval("pause idle sandboxes", sandboxes.pause_idle, seconds=30)  # sandbox_idle_timeout
+crons.interval("clean retained sandboxes", sandboxes.clean_retained, hours=1)  # sandbox_retention
+crons.interval("expire runner leases", runners.expire_leases, seconds=5)  # runner_lease

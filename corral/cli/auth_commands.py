@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,6 +64,7 @@ class Deployment:
             self.settings = Settings.load({"data_dir": data_dir, "database_url": database})
         except ConfigError as exc:
             raise click.ClickException(exc.message) from None
+        self.settings.data_dir = Path(self.settings.data_dir).absolute()  # printed in hints: valid from anywhere
         self.target: Target = locate(self.settings.data_dir, url, database)
         if admin_key:
             self.target.admin_key = admin_key.strip()
@@ -106,6 +107,32 @@ class Deployment:
         except CorralError as exc:
             raise click.ClickException(exc.message) from None
         return node
+
+
+def call_function(deployment: Deployment, path: str, args: dict[str, Any]) -> Any:
+    """Run a function (internal ones too) as the admin: through the node, or on the store when none runs."""
+    if deployment.target.url:
+        result = deployment.call("POST", "/api/function", {"path": path, "args": args, "format": "json"})
+        if result.get("status") == "error":
+            data = result.get("errorData")
+            message = data.get("message") if isinstance(data, dict) else None
+            raise click.ClickException(str(message or result.get("errorMessage", "error")))
+        return result.get("value")
+
+    def work(node: Any) -> Any:
+        from corral.engine.auth import Caller
+        from corral.engine.errors import ConvexError
+        from corral.engine.values import decode, encode_clean
+
+        spec = node.registry.get(path)
+        try:
+            value, _ts = asyncio.run(node.engine.call(spec.kind, path, decode(args), Caller.admin()))
+        except ConvexError as exc:
+            data = exc.data if isinstance(exc.data, dict) else {}
+            raise click.ClickException(str(data.get("message", exc.message))) from None
+        return encode_clean(value)
+
+    return _direct(deployment, work)
 
 
 def _direct(deployment: Deployment, work: Callable[[Any], Any]) -> Any:
@@ -227,10 +254,18 @@ def create(name: str, kind: str, data_dir: Path | None, url: str | None, databas
                err=True)
 
 
-def _when(ms: float | None) -> str:
+def format_time(ms: float | None) -> str:
+    """A time in milliseconds, in UTC, for tables; "-" for none."""
     if ms is None:
         return "-"
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Rows (the first one the header) as left-aligned columns two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 @api_key.command("list")
@@ -256,22 +291,25 @@ def list_keys(as_json: bool, data_dir: Path | None, url: str | None, database: s
         click.echo("No API keys yet: create one with `corral api-key create --name NAME`.", err=True)
         return
     rows = [("ID", "NAME", "KIND", "KEY", "CREATED", "REVOKED")]
-    rows += [(k["id"], k["name"], k["kind"], k["hint"], _when(k["created"]), _when(k["revoked"])) for k in keys]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    rows += [(k["id"], k["name"], k["kind"], k["hint"], format_time(k["created"]), format_time(k["revoked"])) for k in keys]
+    print_table(rows)
 
 
 @api_key.command()
 @click.argument("key")
 @_location_options
-def revoke(key: str, data_dir: Path | None, url: str | None, database: str | None, admin_key: str | None) -> None:
+@click.option("--kill-sandboxes", is_flag=True, help="Also kill the key's running and paused sandboxes.")
+def revoke(key: str, kill_sandboxes: bool, data_dir: Path | None, url: str | None, database: str | None,
+           admin_key: str | None) -> None:
     """Revoke KEY (its id, its name, or the key itself): every node refuses it from then on.
+
+    Its sandboxes keep running until they time out: the command says how many there are;
+    --kill-sandboxes kills them too (or `corral sandbox kill ID`).
 
     \b
     Examples:
       corral api-key revoke ci
-      corral api-key revoke 3f9a1c2b7d4e
+      corral api-key revoke 3f9a1c2b7d4e --kill-sandboxes
     """
     deployment = Deployment(data_dir, url, database, admin_key)
     if deployment.target.url:
@@ -284,9 +322,22 @@ def revoke(key: str, data_dir: Path | None, url: str | None, database: str | Non
 
         record, already = _direct(deployment, work)
     if already:
-        click.echo(f"The {record['kind']} key {record['name']!r} (id {record['id']}) was already revoked at {_when(record['revoked'])}.")
+        click.echo(f"The {record['kind']} key {record['name']!r} (id {record['id']}) was already revoked at {format_time(record['revoked'])}.")
     else:
         click.echo(f"Revoked the {record['kind']} key {record['name']!r} (id {record['id']}).")
+    owner = f"api-key|{record['id']}"
+    sandboxes = call_function(deployment, "sandboxes:admin_list", {"owner": owner})
+    if not sandboxes:
+        return
+    if kill_sandboxes:
+        for doc in sandboxes:
+            call_function(deployment, "sandboxes:admin_kill", {"sandbox_id": doc["sandbox_id"]})
+        click.echo(f"Killed its {len(sandboxes)} running or paused sandbox{'es' if len(sandboxes) != 1 else ''}.")
+        return
+    ids = " ".join(doc["sandbox_id"] for doc in sandboxes)
+    click.echo(f"It still owns {len(sandboxes)} running or paused sandbox{'es' if len(sandboxes) != 1 else ''}, which "
+               f"keep running until they time out: kill them with `corral sandbox kill {ids}` "
+               f"(or revoke with --kill-sandboxes; `corral sandbox list --owner {owner}` lists them).")
 
 
 def _register() -> None:

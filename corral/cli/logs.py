@@ -13,6 +13,8 @@ from corral.engine.env import redact_event
 def configure(level: str = "info", json_lines: bool = False) -> None:
     numeric = getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
+    for chatty in ("httpx", "httpcore"):  # one INFO line per request: every heartbeat of a runner
+        logging.getLogger(chatty).setLevel(max(numeric, logging.WARNING))
     renderer = structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         # redact_event first: values given to functions (ctx.env) never reach a log line.

@@ -21,10 +21,27 @@ DATA_DIR_HELP = "Data directory (SQLite file, keys, node.json). Default: $XDG_DA
 
 
 def _settings(**overrides: Any) -> Settings:
+    """The settings a command acts on; the data directory made absolute, so that the commands it
+    prints (`corral admin-key --data-dir …`) work from any working directory."""
     try:
-        return Settings.load({k: v for k, v in overrides.items() if v is not None})
+        settings = Settings.load({k: v for k, v in overrides.items() if v is not None})
     except ConfigError as exc:
         raise click.ClickException(exc.message) from None
+    settings.data_dir = Path(settings.data_dir).absolute()
+    return settings
+
+
+# Fields that hold secrets inside the fleet: a sandbox's envd access token, a runner's secret.
+HIDDEN_FIELDS = frozenset({"access_token", "secret"})
+
+
+def _shown(value: Any) -> Any:
+    """A function's result as `corral run` prints it: secrets replaced by "<hidden>"."""
+    if isinstance(value, dict):
+        return {k: "<hidden>" if k in HIDDEN_FIELDS and v else _shown(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shown(v) for v in value]
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -72,6 +89,7 @@ def _serve(settings: Settings) -> None:
                 click.echo(f"Corral is running at {node.url}")
                 click.echo(f"  data:      {settings.data_dir}")
                 click.echo(f"  admin key: {_self_command()} admin-key --data-dir {settings.data_dir}")
+                click.echo(f"  e2b SDK:   eval \"$({_self_command()} e2b env --data-dir {settings.data_dir})\"")
                 click.echo("  stop:      Ctrl+C")
 
     config = uvicorn.Config(node.app, host=settings.host, port=settings.port, log_level="warning",
@@ -207,12 +225,12 @@ def run(path: str, args: str, data_dir: Path | None, url: str | None, database: 
             raise click.ClickException(body.get("message", response.text))
         if body.get("status") == "error":
             raise click.ClickException(_describe_failure(body.get("errorMessage", "error"), body.get("errorData")))
-        click.echo(json.dumps(body.get("value"), indent=2))
+        click.echo(json.dumps(_shown(body.get("value")), indent=2))
         return
     if not target.database and not Path(settings.data_dir).exists():
         raise click.ClickException(f"no node is running for {settings.data_dir} and it holds no data; start one with "
                                    f"`corral serve --data-dir {settings.data_dir}`, or pass --url")
-    click.echo(json.dumps(_run_direct(settings, path, parsed), indent=2))
+    click.echo(json.dumps(_shown(_run_direct(settings, path, parsed)), indent=2))
 
 
 def _describe_failure(message: str, data: Any) -> str:
@@ -245,6 +263,9 @@ def _run_direct(settings: Settings, path: str, args: dict[str, Any]) -> Any:
         node.stop()
 
 
-from . import auth_commands  # noqa: E402,F401 - registers `corral token` and `corral api-key`
+from . import (  # noqa: E402,F401 - each registers its commands
+    auth_commands,  # `corral token`, `corral api-key`
+    sandbox_commands,  # `corral runner`, `corral template`, `corral e2b`
+)
 
 __all__ = ["main", "default_data_dir"]

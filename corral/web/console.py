@@ -1,22 +1,59 @@
-"""The console at `/`: what this node serves, and how to reach it."""
+"""The console at `/`: what this node serves, its sandboxes and runners, and how to reach it.
+
+It is the operator's page, unauthenticated: it never shows a sandbox's access token or a runner's
+secret, and when the node listens beyond loopback it leaves out the data directory, sandboxes and
+runners (docs/sandboxes.md#the-console).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import html
+import ipaddress
+import time
 from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from corral.engine.auth import Caller
 from corral.engine.runtime import Engine
 
 TEMPLATE = (Path(__file__).parent / "templates" / "console.html").read_text(encoding="utf-8")
+esc = html.escape
 
 
-def _row(*cells: str) -> str:
-    return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+def _row(*cells: str, css: str = "") -> str:
+    attr = f' class="{css}"' if css else ""
+    return f"<tr{attr}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _when(ms: Any, now: float) -> str:
+    """A time (ms since the epoch) as UTC, with how long ago or ahead it is."""
+    if not isinstance(ms, int | float):
+        return "—"
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000.0))
+    delta = ms / 1000.0 - now
+    span = abs(delta)
+    text = f"{span:.0f} s" if span < 120 else f"{span / 60:.0f} min" if span < 7200 else f"{span / 3600:.1f} h"
+    rel = f"in {text}" if delta > 0 else f"{text} ago"
+    return f'<span title="{at} UTC">{rel}</span>'
+
+
+def _owner_hint(owner: Any) -> str:
+    """Whose sandbox: the API key's id, or the user's subject, shortened."""
+    text = str(owner or "")
+    return f'<code title="{esc(text)}">{esc(text if len(text) <= 32 else text[:14] + "…" + text[-14:])}</code>'
 
 
 class Console:
@@ -29,10 +66,14 @@ class Console:
         with self.engine.store.snapshot() as (conn, _ts):
             return {name: conn.count(name) for name in self.engine.schema.tables}
 
+    async def _internal(self, path: str, args: dict[str, Any]) -> Any:
+        if self.engine.registry.get(path) is None:
+            return None
+        return await self.engine.call_query(path, args, Caller.admin(), internal_ok=True)
+
     async def page(self, request: Request) -> HTMLResponse:
         engine = self.engine
         counts: dict[str, Any] = await asyncio.get_running_loop().run_in_executor(None, self._counts)
-        esc = html.escape
         tables = "\n".join(
             _row(f"<code>{esc(t.name)}</code>", str(counts.get(t.name, 0)),
                  esc(", ".join(["by_creation_time", *t.indexes])), esc(t.module))
@@ -43,7 +84,68 @@ class Console:
                  esc(", ".join(spec.arg_names) or "—"))
             for path, spec in sorted(engine.registry.functions.items()))
         planes = "\n".join(_row(f"<code>{esc(prefix)}</code>", esc(what)) for prefix, what in self.planes)
+        private = is_loopback(engine.settings.host)
+        data_dir = esc(str(Path(engine.settings.data_dir).absolute()))
+        if private:
+            sandboxes, runners = await self._sandboxes(), await self._runners()
+            admin = f"admin key: corral admin-key --data-dir {data_dir}"
+            e2b_env = f'eval "$(corral e2b env --data-dir {data_dir})"'
+        else:
+            hidden = (f'<p class="note">Hidden: this node listens on {esc(engine.settings.host)}, beyond loopback, and '
+                      "this page has no login. Run <code>corral sandbox list</code> on the node's host, or "
+                      "<code>corral run runners:list_all</code>.</p>")
+            sandboxes, runners = hidden, hidden
+            admin = "admin key: corral admin-key (on the node's host)"
+            e2b_env = 'eval "$(corral e2b env)"          # on the node\'s host'
         body = TEMPLATE.format(node_url=esc(self.url), storage=esc(engine.store.dialect_name),
-                               commit_ts=engine.store.published_ts, data_dir=esc(str(engine.settings.data_dir)),
+                               commit_ts=engine.store.published_ts, admin_line=admin, e2b_env=e2b_env,
+                               sandboxes=sandboxes, runners=runners,
                                table_rows=tables, function_rows=functions, plane_rows=planes)
         return HTMLResponse(body)
+
+    async def _sandboxes(self) -> str:
+        found = await self._internal("sandboxes:overview", {})
+        if found is None:
+            return ""
+        now = time.time()
+        counts = found["counts"]
+        summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("running", "paused", "lost"))
+        killed_count = f"{counts['killed']}{'+' if found['killed_capped'] else ''}"
+        head = ("<tr><th>sandbox</th><th>state</th><th>template</th><th>runner</th><th>owner</th>"
+                "<th>started</th><th>ends</th><th>last activity</th></tr>")
+
+        def row(s: dict[str, Any]) -> str:
+            state = s["state"] + (f" ({s['paused_reason']})" if s["state"] == "paused" and s.get("paused_reason") else "")
+            ends = _when(s["end_at"], now) if s["state"] == "running" else "—"
+            if s["state"] == "running" and s.get("on_timeout") == "pause":
+                ends += " (pauses)"
+            return _row(f"<code>{esc(s['sandbox_id'])}</code>", f'<span class="state {esc(s["state"])}">{esc(state)}</span>',
+                        esc(s["template"]), esc(s["runner"]), _owner_hint(s["owner"]), _when(s["started_at"], now),
+                        ends, _when(s["last_activity"], now))
+
+        listed = "\n".join(row(s) for s in found["sandboxes"])
+        parts = [f'<p class="sub">{summary}, {killed_count} killed (kept until cleaned) · '
+                 "<code>corral sandbox list</code> prints the same</p>"]
+        parts.append(f"<table>{head}\n{listed}</table>" if listed else "<p>No running or paused sandbox.</p>")
+        if found["more"]:
+            parts.append(f"<p>… and {found['more']} more.</p>")
+        if found["killed"]:
+            killed = "\n".join(row(s) for s in found["killed"])
+            parts.append(f"<details><summary>latest killed ({len(found['killed'])} of {killed_count})</summary>"
+                         f"<table>{head}\n{killed}</table></details>")
+        return "\n".join(parts)
+
+    async def _runners(self) -> str:
+        found = await self._internal("runners:list_all", {})
+        if found is None:
+            return ""
+        if not found:
+            return "<p>No runner has registered.</p>"
+        now = time.time()
+        rows = "\n".join(
+            _row(f"<code>{esc(r['name'])}</code>", f'<span class="state {esc(r["state"])}">{esc(r["state"])}</span>',
+                 str(r["capacity"]), str(r["sandboxes"]), esc(", ".join(r.get("labels") or []) or "—"),
+                 esc(", ".join(r.get("templates") or []) or "—"), _when(r["last_heartbeat"], now))
+            for r in sorted(found, key=lambda r: (r["state"] != "up", r["name"])))
+        return ("<table><tr><th>runner</th><th>state</th><th>capacity</th><th>sandboxes</th><th>labels</th>"
+                f"<th>templates</th><th>last heartbeat</th></tr>\n{rows}</table>")

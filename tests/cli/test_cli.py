@@ -165,3 +165,43 @@ def test_overlapping_plane_prefixes_are_refused():
         check_prefixes([*PLANES, ("/api/sync/", "something else")])
     with pytest.raises(ConfigError, match="start and end with"):
         check_prefixes([("/api", "no slash")])
+
+
+def test_serve_prints_an_absolute_data_dir_so_its_hints_work_from_anywhere(tmp_path):
+    """The banner's data directory, admin-key and e2b hints work from any working directory."""
+    port = free_port()
+    proc = subprocess.Popen([*CORRAL, "serve", "--port", str(port), "--data-dir", "./data"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(4)]  # type: ignore[union-attr]
+        data = (tmp_path / "data").absolute()
+        assert lines[1].split() == ["data:", str(data)]
+        hint = lines[2].split("admin key:", 1)[1].split()
+        assert hint[-2:] == ["--data-dir", str(data)]
+        shown = corral("admin-key", "--data-dir", hint[-1])  # from this test's working directory, not tmp_path
+        assert shown.returncode == 0 and shown.stdout.startswith("corral-admin-")
+        e2b = lines[3].split("e2b SDK:", 1)[1].strip()
+        assert e2b.startswith('eval "$(') and e2b.endswith(')"')
+        exported = subprocess.run(["bash", "-c", f"{e2b} && echo $E2B_API_URL $E2B_SANDBOX_URL"],
+                                  capture_output=True, text=True, timeout=60)
+        assert exported.stdout.split() == [f"http://127.0.0.1:{port}/e2b", f"http://127.0.0.1:{port}/envd"], exported.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def test_run_hides_sandbox_tokens_and_runner_secrets(live_node):
+    """`corral run` of an internal function that returns a sandbox or a runner document never prints
+    its access token or secret."""
+    import secrets
+
+    headers = {"Authorization": f"Convex {live_node.admin_key}"}
+    secret = secrets.token_hex(16)
+    key = httpx.post(live_node.url + "/api/auth/api_keys", json={"name": "r1", "kind": "runner"}, headers=headers).json()["key"]
+    registered = httpx.post(live_node.url + "/api/mutation", headers={"Authorization": f"Bearer {key}"},
+                            json={"path": "runners:register", "args": {"name": "far-away", "url": "http://127.0.0.1:9",
+                                                                        "secret": secret, "capacity": 0, "labels": []}})
+    assert registered.json()["status"] == "success", registered.text
+    shown = corral("run", "runners:get", '{"name": "far-away"}', "--data-dir", str(live_node.data_dir))
+    assert shown.returncode == 0, shown.stderr
+    assert secret not in shown.stdout and json.loads(shown.stdout)["secret"] == "<hidden>"

@@ -28,3 +28,12 @@ def require_role(ctx: Any, workspace_id: Id[Workspace], role: str) -> WorkspaceM
     if member is None or ROLE_RANK[member.role] < ROLE_RANK[role]:
         raise ConvexError({"code": "Forbidden", "message": f"you need the '{role}' role in this workspace"})
     return member
+
+
+def require_runner_key(ctx: Any) -> str:
+    """The id of the runner key calling; refuses every other caller (users, client keys, admin)."""
+    identity = ctx.auth.get_user_identity()
+    if identity is None or identity.get("keyKind") != "runner":
+        raise ConvexError({"code": "Forbidden", "message": "only a runner may call this: start one with "
+                           "`corral runner --key KEY`, KEY from `corral api-key create --kind runner`"})
+    return str(identity["subject"])

@@ -1,0 +1,22 @@
+"""What the node's fleet needs of a runner: the embedded one in process, a remote one over HTTP."""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from ..sandbox.protocol import Metrics, Sandbox, SandboxInfo, SandboxSpec
+
+Desired = Literal["running", "paused", "killed", "lost"]
+
+
+class RunnerLink(Protocol):
+    async def create(self, spec: SandboxSpec) -> SandboxInfo:
+        """Boot a sandbox; the provider's errors (TemplateNotFound, InvalidSpec, CapacityError) pass through."""
+
+    async def converge(self, sandbox_id: str, state: Desired, generation: int) -> SandboxInfo | None:
+        """Apply the engine's decision `generation` (idempotent); None when the runner does not hold it."""
+
+    def sandbox(self, sandbox_id: str) -> Sandbox:
+        """The sandbox, for data-plane traffic."""
+
+    async def metrics(self, sandbox_id: str) -> Metrics: ...

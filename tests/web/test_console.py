@@ -1,0 +1,70 @@
+"""The console at `/`, as the operator opens it: sandboxes, runners, how to connect; no secrets."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import LiveNode
+
+
+def _client_key(node: LiveNode, kind: str = "client") -> str:
+    created = httpx.post(node.url + "/api/auth/api_keys", json={"name": f"k-{secrets.token_hex(3)}", "kind": kind},
+                         headers={"Authorization": f"Convex {node.admin_key}"}, timeout=30)
+    assert created.status_code == 200, created.text
+    return str(created.json()["key"])
+
+
+def _runner_secret(node: LiveNode, name: str) -> str:
+    found = httpx.post(node.url + "/api/function", json={"path": "runners:get", "args": {"name": name}},
+                       headers={"Authorization": f"Convex {node.admin_key}"}, timeout=30).json()
+    return str(found["value"]["secret"])
+
+
+def test_console_lists_sandboxes_and_runners_without_secrets(live_node_factory, short_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    node: LiveNode = live_node_factory(data_dir=short_dir / "d", env={"CORRAL_SANDBOX_PROVIDER": "host"})
+    key = _client_key(node)
+    api = node.url + "/e2b"
+    headers = {"X-API-KEY": key}
+    made = []
+    try:
+        for _ in range(3):
+            created = httpx.post(api + "/v2/sandboxes", json={"templateID": "base", "timeout": 120, "secure": True},
+                                 headers=headers, timeout=60)
+            assert created.status_code == 201, created.text
+            made.append(created.json())
+        running, paused, killed = made
+        assert httpx.post(f"{api}/sandboxes/{paused['sandboxID']}/pause", headers=headers, timeout=60).status_code == 204
+        assert httpx.delete(f"{api}/sandboxes/{killed['sandboxID']}", headers=headers, timeout=60).status_code == 204
+
+        page = httpx.get(node.url + "/", timeout=30)
+        assert page.status_code == 200
+        html = page.text
+        sandboxes = html.split("<h2>Sandboxes</h2>", 1)[1].split("<h2>Runners</h2>", 1)[0]
+        listed, _, collapsed = sandboxes.partition("<details>")
+        rows = re.findall(r"<tr><td><code>(\w+)</code></td><td><span class=\"state \w+\">([\w ()]+)</span>", listed)
+        assert rows == [(running["sandboxID"], "running"), (paused["sandboxID"], "paused (request)")]  # running first
+        assert "1 running, 1 paused, 0 lost, 1 killed" in listed
+        assert killed["sandboxID"] in collapsed and killed["sandboxID"] not in listed  # counted, collapsed
+        runner = running["clientID"]
+        runners = html.split("<h2>Runners</h2>", 1)[1].split("<h2>", 1)[0]
+        assert runner in runners and ">up<" in runners
+        assert 'eval "$(corral e2b env --data-dir ' in html and f"export E2B_API_URL={node.url}/e2b" in html
+        assert str(node.data_dir.absolute()) in html
+        for secret in (key, running["envdAccessToken"], paused["envdAccessToken"], _runner_secret(node, runner)):
+            assert secret and secret not in html
+    finally:
+        for sandbox in made:
+            httpx.delete(f"{api}/sandboxes/{sandbox['sandboxID']}", headers=headers, timeout=60)
+
+
+def test_console_beyond_loopback_hides_admin_details(live_node_factory, short_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    node: LiveNode = live_node_factory(data_dir=short_dir / "d", env={"CORRAL_SANDBOX_PROVIDER": "host",
+                                                                      "CORRAL_HOST": "0.0.0.0"})
+    html = httpx.get(node.url + "/", timeout=30).text
+    assert "<h2>Sandboxes</h2>" in html and "beyond loopback" in html
+    assert str(node.data_dir) not in html and "runners:list_all" in html
+    assert "<th>last heartbeat</th>" not in html
