@@ -23,6 +23,8 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from ..sandbox.protocol import close_stream
+
 log = structlog.get_logger("corral.e2b.connect")
 
 UNARY_CONTENT_TYPE = "application/json"
@@ -242,10 +244,7 @@ async def _frames(messages: AsyncIterator[dict[str, Any]], options: StreamOption
         task.cancel()
         with contextlib.suppress(BaseException):
             await task
-        closer = getattr(messages, "aclose", None)
-        if closer is not None:
-            with contextlib.suppress(BaseException):
-                await closer()
+        await close_stream(messages)
 
 
 async def call_with_deadline(call: Awaitable[Response], deadline: float | None) -> Response:

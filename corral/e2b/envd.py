@@ -33,6 +33,7 @@ from ..sandbox.protocol import (
     SandboxError,
     SandboxNotFound,
     SandboxStateError,
+    close_stream,
 )
 from . import connect
 from .auth import envd_user
@@ -240,9 +241,7 @@ class EnvdApi:
                     await check_running()
                 yield event
         finally:
-            closer = getattr(events, "aclose", None)
-            if closer is not None:
-                await closer()
+            await close_stream(events)
 
     async def _server_stream(self, request: Request, sandbox_id: str, service: str,
                              handler: Callable[[dict[str, Any]], Awaitable[AsyncIterator[dict[str, Any]]]],

@@ -14,7 +14,6 @@ import time
 import urllib.parse
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
@@ -30,6 +29,7 @@ from ..sandbox.protocol import (
     PermissionDenied,
     Sandbox,
     SandboxError,
+    close_stream,
 )
 from . import envd_json as pj
 from .auth import check_user, envd_user
@@ -256,6 +256,4 @@ async def _rest(first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[byt
         async for chunk in chunks:
             yield chunk
     finally:
-        closer: Any = getattr(chunks, "aclose", None)
-        if closer is not None:
-            await closer()
+        await close_stream(chunks)

@@ -15,7 +15,15 @@ from typing import Any
 
 import structlog
 
-from ..sandbox.protocol import EntryInfo, Files, InvalidPath, Sandbox, SandboxError, WatchEvent
+from ..sandbox.protocol import (
+    EntryInfo,
+    Files,
+    InvalidPath,
+    Sandbox,
+    SandboxError,
+    WatchEvent,
+    close_stream,
+)
 from . import envd_json as pj
 from .connect import RpcError
 
@@ -133,7 +141,7 @@ class WatchFeed:
             self.error = exc
             await self.queue.put(exc)
         finally:
-            await _close(self.events)
+            await close_stream(self.events)
 
     async def stream(self) -> AsyncIterator[dict[str, Any]]:
         try:
@@ -185,13 +193,6 @@ async def _described(event: WatchEvent, files: Files, base: str, include_entry: 
         with contextlib.suppress(SandboxError):
             entry = await files.stat(f"{base.rstrip('/')}/{event.name}", user=user)
     return pj.watch_event(event, entry)
-
-
-async def _close(events: AsyncIterator[Any]) -> None:
-    closer = getattr(events, "aclose", None)
-    if closer is not None:
-        with contextlib.suppress(Exception):
-            await closer()
 
 
 @dataclass

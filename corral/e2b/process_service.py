@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..sandbox.protocol import ProcessConfig, ProcessNotFound, Sandbox
+from ..sandbox.protocol import ProcessConfig, ProcessNotFound, Sandbox, close_stream
 from . import envd_json as pj
 from .connect import invalid
 
@@ -121,6 +121,4 @@ async def _events(events: AsyncIterator[Any]) -> AsyncIterator[dict[str, Any]]:
         async for event in events:
             yield {"event": pj.process_event(event)}
     finally:
-        closer = getattr(events, "aclose", None)
-        if closer is not None:
-            await closer()
+        await close_stream(events)

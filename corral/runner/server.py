@@ -18,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from ..sandbox.protocol import SandboxError
+from ..sandbox.protocol import SandboxError, close_stream
 from . import wire
 from .executor import Executor
 
@@ -120,9 +120,7 @@ class RunnerServer:
             except Exception as exc:  # noqa: BLE001 - the stream's last line says what went wrong
                 yield orjson.dumps(wire.error_body(exc)) + b"\n"
             finally:
-                closer = getattr(events, "aclose", None)
-                if closer is not None:
-                    await closer()
+                await close_stream(events)
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 

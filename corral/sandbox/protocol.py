@@ -7,6 +7,7 @@ these calls. Errors are the exceptions at the bottom of this module.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -257,3 +258,12 @@ ERRORS: dict[str, type[SandboxError]] = {cls.__name__: cls for cls in (
 def error_named(name: object, message: str) -> SandboxError:
     """The provider error a wire names (the agent's, the runner's); SandboxError for a name it does not know."""
     return ERRORS.get(str(name), SandboxError)(message)
+
+
+async def close_stream(stream: AsyncIterator[object]) -> None:
+    """End a stream a provider returned before it ran out, releasing what it holds (an agent
+    channel, a watch). Errors while closing are dropped: the caller is already leaving."""
+    closer = getattr(stream, "aclose", None)
+    if closer is not None:
+        with contextlib.suppress(Exception):
+            await closer()

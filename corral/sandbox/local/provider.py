@@ -25,6 +25,7 @@ from pathlib import Path
 
 import structlog
 
+from .. import proctree
 from ..agent_client import compile_agent
 from ..protocol import (
     InvalidSpec,
@@ -39,7 +40,7 @@ from . import disk, templates
 from .boot import Host, Tools
 from .cgroups import Cgroups, detect
 from .sandbox import LocalSandbox
-from .state import SandboxState, StateFile, current_boot_id
+from .state import SandboxState, StateFile
 from .uids import UID_DIR, UidClaims
 
 ID_RE = re.compile(r"^[a-z0-9]{1,64}$")
@@ -119,7 +120,7 @@ class LocalProvider:
 
     def __init__(self, root: Path, *, uid_base: int = 1_000_000, uid_count: int = 100_000,
                  cgroup_root: str | None = None, cgroups: Cgroups | None = None, runtime_dir: Path | None = None,
-                 boot_id: Callable[[], str] = current_boot_id, tools: Tools | None = None,
+                 boot_id: Callable[[], str] = proctree.boot_id, tools: Tools | None = None,
                  ready_timeout: float = READY_TIMEOUT_S, uid_claims: UidClaims | None = None,
                  default_limits: Limits | None = None) -> None:
         if os.geteuid() != 0:

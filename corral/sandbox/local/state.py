@@ -71,7 +71,3 @@ class StateFile:
         os.replace(tmp, self.path)
         self.cache = state
 
-
-def current_boot_id() -> str:
-    with open("/proc/sys/kernel/random/boot_id") as f:
-        return f.read().strip()
