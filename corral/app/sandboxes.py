@@ -53,6 +53,13 @@ def _owned(ctx: Any, sandbox_id: str) -> Any:
     return doc
 
 
+def _in_state(ctx: QueryCtx, state: str, owner: str | None = None) -> Any:
+    """A query over every sandbox in `state`, or over one owner's."""
+    if owner is None:
+        return ctx.db.query(Sandbox).with_index("by_state_activity", lambda q: q.eq("state", state))
+    return ctx.db.query(Sandbox).with_index("by_owner_state", lambda q: q.eq("owner", owner).eq("state", state))
+
+
 def _require(ctx: Any, sandbox_id: str) -> Any:
     doc = find(ctx, sandbox_id)
     if doc is None:
@@ -102,10 +109,7 @@ def access_tokens(ctx: QueryCtx) -> builtins.list[builtins.list[str]]:
     a signed file URL (which names no sandbox) is checked against, on any node, after any restart."""
     found: builtins.list[builtins.list[str]] = []
     for state in ("running", "paused"):
-        def in_state(q: Any, s: str = state) -> Any:
-            return q.eq("state", s)
-
-        for doc in ctx.db.query(Sandbox).with_index("by_state_activity", in_state):
+        for doc in _in_state(ctx, state):
             if doc["access_token"]:
                 found.append([doc["sandbox_id"], doc["access_token"]])
     return found
@@ -238,11 +242,7 @@ def admin_list(ctx: QueryCtx, states: builtins.list[SandboxState] | None = None,
     """Every owner's sandboxes in `states` (default running and paused), newest first; `owner` narrows to one."""
     found: builtins.list[Any] = []
     for state in dict.fromkeys(states or ["running", "paused"]):
-        def in_state(q: Any, s: str = state) -> Any:
-            return q.eq("state", s)
-
-        found += [d for d in ctx.db.query(Sandbox).with_index("by_state_activity", in_state)
-                  if owner is None or d["owner"] == owner]
+        found += _in_state(ctx, state, owner).collect()
     found.sort(key=lambda d: (d["started_at"], d["sandbox_id"]), reverse=True)
     return [public_view(d) for d in found]
 
@@ -323,10 +323,7 @@ def overview(ctx: QueryCtx, limit: Annotated[int, Ge(1), Le(1000)] = 200, killed
     active: builtins.list[dict[str, Any]] = []
     counts: dict[str, int] = {}
     for state in ("running", "paused", "lost"):
-        def in_state(q: Any, s: str = state) -> Any:
-            return q.eq("state", s)
-
-        docs = ctx.db.query(Sandbox).with_index("by_state_activity", in_state).collect()
+        docs = _in_state(ctx, state).collect()
         counts[state] = len(docs)
         docs.sort(key=lambda d: (d["started_at"], d["sandbox_id"]), reverse=True)
         active += [{k: d.get(k) for k in CONSOLE_FIELDS} for d in docs]
@@ -350,10 +347,7 @@ def list(ctx: QueryCtx, states: builtins.list[SandboxState] | None = None) -> bu
     if owner is None:
         return []
     found: builtins.list[Any] = []
-    for state in states or ["running", "paused"]:
-        def in_state(q: Any, s: str = state) -> Any:
-            return q.eq("owner", owner).eq("state", s)
-
-        found += ctx.db.query(Sandbox).with_index("by_owner_state", in_state).collect()
+    for state in dict.fromkeys(states or ["running", "paused"]):
+        found += _in_state(ctx, state, owner).collect()
     found.sort(key=lambda d: (d["started_at"], d["sandbox_id"]), reverse=True)
     return [public_view(d) for d in found]
