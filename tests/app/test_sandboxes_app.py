@@ -142,6 +142,8 @@ def test_the_lifecycle_sweeps_follow_the_policy_and_the_clock(node):
 def test_a_sandbox_is_private_to_its_owner(node):
     record(node, "mine", owner="api-key|k-client")
     assert [s["sandbox_id"] for s in call(node, "query", "sandboxes:list", {}, CLIENT)] == ["mine"]
+    listed = call(node, "query", "sandboxes:list", {"states": ["running", "running", "paused"]}, CLIENT)
+    assert [s["sandbox_id"] for s in listed] == ["mine"]  # a state named twice lists once
     assert "access_token" not in call(node, "query", "sandboxes:get", {"sandbox_id": "mine"}, CLIENT)
     stranger = _user("eve")
     assert call(node, "query", "sandboxes:list", {}, stranger) == []
