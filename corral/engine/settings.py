@@ -83,6 +83,8 @@ class Settings:
     runner_labels: str = ""  # comma-separated labels of the embedded runner, for placement
     runner_lease: float = 30.0  # a runner without a heartbeat for this long is lost, and so are its sandboxes
     runner_heartbeat_interval: float = 10.0  # how often a runner renews its lease
+    sandbox_metrics_interval: float = 5.0  # how often a runner samples each running sandbox's usage
+    sandbox_metrics_kept: int = 360  # samples kept per sandbox (with the interval: 30 minutes of history)
 
     @property
     def sqlite_path(self) -> Path:
@@ -116,8 +118,18 @@ class Settings:
                 values[key] = value
         settings = cls()
         for key, value in values.items():
-            setattr(settings, key, _coerce(key, value, getattr(settings, key)))
+            setattr(settings, key, _check_range(key, _coerce(key, value, getattr(settings, key))))
         return settings
+
+
+def _check_range(name: str, value: Any) -> Any:
+    """No setting is a negative number; an interval or a count of samples kept is above zero."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    if value < 0 or (value == 0 and name.endswith(("_interval", "_kept"))):
+        least = "above 0" if name.endswith(("_interval", "_kept")) else "0 or more"
+        raise ConfigError(f"setting '{name}' has the bad value {value!r}: it must be {least}")
+    return value
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:

@@ -7,7 +7,8 @@ on another host (through `ConvexControl`):
 2. register (name, URL, secret, capacity, labels) with a runner key, then reconcile: report what
    it holds; the engine answers what to kill (sandboxes it no longer knows) and restores those it
    had marked lost;
-3. heartbeat every `heartbeat_interval` (a lost runner reconciles again when it comes back);
+3. heartbeat every `heartbeat_interval` (a lost runner reconciles again when it comes back), and
+   sample the usage of its running sandboxes every `metrics_interval` (E2B's metrics history);
 4. subscribe to `runners:work` and converge each sandbox to the state the engine decided,
    confirming kills so that they leave the work list.
 """
@@ -41,12 +42,13 @@ class Registration:
 
 class RunnerDaemon:
     def __init__(self, registration: Registration, executor: Executor, control: ControlPlane, clock: Clock,
-                 heartbeat_interval: float) -> None:
+                 heartbeat_interval: float, metrics_interval: float) -> None:
         self.registration = registration
         self.executor = executor
         self.control = control
         self.clock = clock
         self.heartbeat_interval = heartbeat_interval
+        self.metrics_interval = metrics_interval
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()  # set once registered and reconciled
         self.lease: float | None = None  # seconds, as the engine said at registration
@@ -64,7 +66,8 @@ class RunnerDaemon:
                 log.info("runner.adopted", runner=self.name, sandboxes=len(adopted))
         await self.register()
         self._tasks = [asyncio.create_task(self._heartbeat_loop(), name=f"runner-heartbeat-{self.name}"),
-                       asyncio.create_task(self._work_loop(), name=f"runner-work-{self.name}")]
+                       asyncio.create_task(self._work_loop(), name=f"runner-work-{self.name}"),
+                       asyncio.create_task(self._metrics_loop(), name=f"runner-metrics-{self.name}")]
         self.ready.set()
 
     async def register(self) -> None:
@@ -104,6 +107,16 @@ class RunnerDaemon:
                 raise
             except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried; the lease covers a few
                 log.warning("runner.heartbeat_failed", runner=self.name, error=str(exc))
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.metrics_interval)
+            try:
+                await self.executor.sample_running()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a missed sample leaves a gap, no more
+                log.warning("runner.metrics_failed", runner=self.name, error=str(exc))
 
     async def heartbeat(self) -> None:
         try:

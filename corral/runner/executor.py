@@ -20,12 +20,14 @@ from ..sandbox.protocol import (
     Metrics,
     Provider,
     Sandbox,
+    SandboxError,
     SandboxInfo,
     SandboxNotFound,
     SandboxSpec,
     SandboxStateError,
 )
 from .link import Desired
+from .metrics_history import MetricsHistory
 
 log = structlog.get_logger("corral.runner")
 
@@ -44,8 +46,9 @@ class Executor:
     """Implements the node's `RunnerLink` in process (the embedded runner) and backs the runner
     server of a remote runner."""
 
-    def __init__(self, provider: Provider) -> None:
+    def __init__(self, provider: Provider, metrics_kept: int = 360) -> None:
         self.provider = provider
+        self.history = MetricsHistory(metrics_kept)
         self._ids: set[str] = set()  # every sandbox this runner holds: adopted or created
         self._applied: dict[str, int] = {}  # sandbox id → newest generation applied
         self._locks: dict[str, asyncio.Lock] = {}
@@ -91,12 +94,15 @@ class Executor:
         self.fresh.discard(sandbox_id)
         self._locks.pop(sandbox_id, None)
         self._applied.pop(sandbox_id, None)  # a sandbox the provider no longer holds is never converged again
+        self.history.forget(sandbox_id)
 
     # -- the node's RunnerLink
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
         sandbox = await self.provider.create(spec)
         self._ids.add(spec.sandbox_id)
         self.fresh.add(spec.sandbox_id)
+        with contextlib.suppress(SandboxError):
+            await self._sample(sandbox)  # E2B's history starts when the sandbox does
         return await sandbox.info()
 
     async def converge(self, sandbox_id: str, state: Desired, generation: int) -> SandboxInfo | None:
@@ -140,8 +146,26 @@ class Executor:
         """The sandbox for data-plane traffic; SandboxNotFound when this runner does not hold it."""
         return self.provider.get(sandbox_id)
 
-    async def metrics(self, sandbox_id: str) -> Metrics:
-        return await self.provider.get(sandbox_id).metrics()
+    async def metrics(self, sandbox_id: str, start: float | None = None, end: float | None = None) -> list[Metrics]:
+        """The sandbox's samples from `start` to `end`; one taken now when a running sandbox has none
+        yet (the runner restarted since it started)."""
+        sandbox = self.provider.get(sandbox_id)
+        if not self.history.has(sandbox_id) and (await sandbox.info()).state == "running":
+            await self._sample(sandbox)
+        return self.history.between(sandbox_id, start, end)
+
+    async def sample_running(self) -> None:
+        """Add a sample to the history of every running sandbox this runner holds."""
+        for sandbox_id in sorted(self._ids):
+            try:
+                sandbox = self.provider.get(sandbox_id)
+                if (await sandbox.info()).state == "running":
+                    await self._sample(sandbox)
+            except SandboxError as exc:  # it stopped meanwhile: nothing to sample
+                log.debug("runner.metrics_skipped", sandbox=sandbox_id, error=str(exc))
+
+    async def _sample(self, sandbox: Sandbox) -> None:
+        self.history.record(sandbox.sandbox_id, await sandbox.metrics())
 
     async def close(self) -> None:
         """Let go of the sandboxes without killing them: they outlive the runner."""

@@ -19,4 +19,5 @@ class RunnerLink(Protocol):
     def sandbox(self, sandbox_id: str) -> Sandbox:
         """The sandbox, for data-plane traffic."""
 
-    async def metrics(self, sandbox_id: str) -> Metrics: ...
+    async def metrics(self, sandbox_id: str, start: float | None, end: float | None) -> list[Metrics]:
+        """The sandbox's usage samples from `start` to `end` (unix seconds), oldest first."""

@@ -106,9 +106,9 @@ class RemoteRunner:
     def sandbox(self, sandbox_id: str) -> RemoteSandbox:
         return RemoteSandbox(self, sandbox_id)
 
-    async def metrics(self, sandbox_id: str) -> Metrics:
-        metrics: Metrics = await self.call("sandbox.metrics", sandbox_id)
-        return metrics
+    async def metrics(self, sandbox_id: str, start: float | None, end: float | None) -> list[Metrics]:
+        samples: list[Metrics] = await self.call("metrics", sandbox_id, start=start, end=end)
+        return samples
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -138,7 +138,8 @@ class RemoteSandbox:
         return info
 
     async def metrics(self) -> Metrics:
-        return await self._runner.metrics(self._id)
+        metrics: Metrics = await self._runner.call("sandbox.metrics", self._id)
+        return metrics
 
     async def pause(self) -> None:
         await self._runner.call("sandbox.pause", self._id)

@@ -80,11 +80,15 @@ class RunnerServer:
             raise ValueError("a call needs an 'op' and an object of 'args'")
         return op, sandbox if isinstance(sandbox, str) else None, args
 
-    def _target(self, op: str, sandbox_id: str | None) -> Any:
+    @staticmethod
+    def _sandbox_id(op: str, sandbox_id: str | None) -> str:
         if sandbox_id is None:
             raise ValueError(f"{op} needs a sandbox")
+        return sandbox_id
+
+    def _target(self, op: str, sandbox_id: str | None) -> Any:
         part, _, method = op.partition(".")
-        sandbox = self.executor.sandbox(sandbox_id)
+        sandbox = self.executor.sandbox(self._sandbox_id(op, sandbox_id))
         holder = {"sandbox": sandbox, "processes": sandbox.processes, "files": sandbox.files}[part]
         return getattr(holder, method)
 
@@ -93,8 +97,9 @@ class RunnerServer:
         if op == "create":
             result: Any = await self.executor.create(args["spec"])
         elif op == "converge":
-            assert sandbox_id is not None
-            result = await self.executor.converge(sandbox_id, args["state"], int(args["generation"]))
+            result = await self.executor.converge(self._sandbox_id(op, sandbox_id), args["state"], int(args["generation"]))
+        elif op == "metrics":
+            result = await self.executor.metrics(self._sandbox_id(op, sandbox_id), args.get("start"), args.get("end"))
         elif op in wire.UNARY_OPS:
             result = await self._target(op, sandbox_id)(**args)
         else:

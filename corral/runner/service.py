@@ -135,12 +135,13 @@ class Fleet:
             log.warning("fleet.provider_unavailable", provider=s.sandbox_provider, reason=self.unavailable)
             return
         self.runner_name = embedded_runner_name(Path(s.data_dir))
-        self.executor = Executor(provider)
+        self.executor = Executor(provider, metrics_kept=s.sandbox_metrics_kept)
         registration = Registration(name=self.runner_name, url=self.url, secret=secrets.token_urlsafe(32),
                                     capacity=s.runner_capacity,
                                     labels=[label.strip() for label in s.runner_labels.split(",") if label.strip()])
         control = EngineControl(self.engine, self.hub, embedded_runner_caller(self.runner_name))
-        self.daemon = RunnerDaemon(registration, self.executor, control, self.clock, s.runner_heartbeat_interval)
+        self.daemon = RunnerDaemon(registration, self.executor, control, self.clock, s.runner_heartbeat_interval,
+                                   s.sandbox_metrics_interval)
         self.server = RunnerServer(self.runner_name, self.executor, registration.secret)
         await self.daemon.start()
 
@@ -370,15 +371,10 @@ class Fleet:
 
     async def metrics(self, owner: str, sandbox_id: str, start: float | None, end: float | None) -> list[Metrics]:
         doc, runner = await self._owned(owner, sandbox_id)
-        if doc["state"] != "running":
-            if doc["state"] == "killed":
-                raise _not_found(sandbox_id)
-            return []
+        if doc["state"] == "killed":
+            raise _not_found(sandbox_id)
         self._check_reachable(doc, runner)
-        sample = await self._link(runner).metrics(sandbox_id)
-        if (start is not None and sample.timestamp < start) or (end is not None and sample.timestamp > end):
-            return []
-        return [sample]
+        return await self._link(runner).metrics(sandbox_id, start, end)
 
     async def data_plane(self, sandbox_id: str, access_token: str | None) -> Sandbox:
         doc, runner = await self._route(sandbox_id)

@@ -44,6 +44,8 @@ class RunnerOptions:
     capacity: int = 100
     labels: list[str] = field(default_factory=list)
     heartbeat_interval: float = 10.0
+    metrics_interval: float = 5.0  # the sandbox_metrics_* settings
+    metrics_kept: int = 360
     uid_base: int = 1_000_000  # the sandbox_uid_* settings (local provider)
     uid_count: int = 100_000
 
@@ -98,7 +100,7 @@ async def run(options: RunnerOptions, stop: asyncio.Event | None = None) -> None
 async def _serve(options: RunnerOptions, stop: asyncio.Event, listener: socket.socket) -> None:
     options.data_dir.mkdir(parents=True, exist_ok=True)
     provider = open_provider(options.provider, options.data_dir, uid_base=options.uid_base, uid_count=options.uid_count)
-    executor = Executor(provider)
+    executor = Executor(provider, metrics_kept=options.metrics_kept)
     name = options.runner_name()
     secret = secrets.token_urlsafe(32)
     server = uvicorn.Server(uvicorn.Config(RunnerServer(name, executor, secret), log_level="warning", lifespan="off",
@@ -114,7 +116,7 @@ async def _serve(options: RunnerOptions, stop: asyncio.Event, listener: socket.s
     control = ConvexControl(options.server, options.key)
     registration = Registration(name=name, url=options.url(), secret=secret, capacity=options.capacity,
                                 labels=sorted(set(options.labels)))
-    daemon = RunnerDaemon(registration, executor, control, Clock(), options.heartbeat_interval)
+    daemon = RunnerDaemon(registration, executor, control, Clock(), options.heartbeat_interval, options.metrics_interval)
     try:
         await daemon.start()
         log.info("runner.ready", runner=name, listen=f"{options.host}:{options.port}", server=options.server,

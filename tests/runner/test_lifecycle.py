@@ -82,6 +82,30 @@ def test_kill_is_final_and_leaves_nothing_on_the_runner(node):
     assert on_loop(node, fleet.list(OWNER, ListQuery())).records == []
 
 
+def test_metrics_are_a_history_sampled_at_start_and_every_interval(node):
+    made = create(node)
+    fleet = fleet_of(node)
+
+    def samples(start: float | None = None, end: float | None = None) -> list:
+        return on_loop(node, fleet.metrics(OWNER, made.sandbox_id, start, end))
+
+    first = samples()
+    assert first and first[0].cpu_count >= 1  # sampled when it started
+    node.clock.advance(node.node.settings.sandbox_metrics_interval)
+    wait_until(lambda: len(samples()) > len(first), what="the next sample")
+    history = samples()
+    assert [m.timestamp for m in history] == sorted(m.timestamp for m in history)
+    assert samples(start=history[-1].timestamp + 1) == []
+    assert samples(end=history[0].timestamp) == history[:1]
+    on_loop(node, fleet.pause(OWNER, made.sandbox_id))
+    kept = samples()
+    on_loop(node, fleet.executor.sample_running())  # what the runner does every interval
+    assert samples() == kept  # a paused sandbox keeps its history and gets no new samples while frozen
+    on_loop(node, fleet.kill(OWNER, made.sandbox_id))
+    with pytest.raises(SandboxNotFound):
+        samples()
+
+
 def test_another_owners_sandbox_does_not_exist(node):
     made = create(node)
     fleet = fleet_of(node)

@@ -96,6 +96,9 @@ def test_the_data_plane_goes_through_the_node_to_the_remote_runner(short_dir, ru
         resumed = on_loop(node, fleet.connect(OWNER, made.sandbox_id, 60))
         assert resumed[1] is True
         assert run(node, made.sandbox_id, "echo again") == (0, b"again\n")
+        samples = on_loop(node, fleet.metrics(OWNER, made.sandbox_id, None, None))  # the runner's history
+        assert samples and samples[0].cpu_count >= 1
+        assert on_loop(node, fleet.metrics(OWNER, made.sandbox_id, samples[-1].timestamp + 1, None)) == []
         on_loop(node, fleet.kill(OWNER, made.sandbox_id))
         wait_until(lambda: record(node, made.sandbox_id)["live"] is False, what="the remote kill being confirmed")
 
@@ -220,6 +223,7 @@ def test_the_runner_plane_refuses_garbage_with_a_clear_400(short_dir):
         auth = {"Authorization": f"Bearer {secret}"}
         for body in (b"not json", b"[1, 2]", b'{"op": 7}', b'{"op": "sandbox.info"}',
                      b'{"op": "nonsense.call", "sandbox": "x"}', b'{"op": "create", "args": {}}',
+                     b'{"op": "converge", "args": {"state": "paused", "generation": 9}}', b'{"op": "metrics"}',
                      b'{"op": "sandbox.info", "sandbox": "' + made.sandbox_id.encode() + b'", "args": {"bogus": 1}}'):
             answer = httpx.post(plane + "/call", content=body, headers=auth)
             assert answer.status_code == 400, (body, answer.text)
