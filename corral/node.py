@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from .data_dir_lock import DataDirLock
 from .e2b import E2bApi, E2bOptions, misdirected
 from .engine.auth import new_admin_key
 from .engine.auth_api import AuthService
@@ -82,6 +83,7 @@ class Node:
         self.hub = SyncHub(self.engine)
         self.scheduler = Scheduler(self.engine, CronRunner(self.engine, load_crons(self.registry)))
         self.admin_key = ""
+        self._data_lock: DataDirLock | None = None
         self.authenticator = Authenticator("")
         self.url = f"http://{settings.host}:{settings.port}"
         self.engine.files.origin = self.url  # upload URLs and ctx.storage.get_url() point here
@@ -100,6 +102,14 @@ class Node:
     def start(self) -> None:
         """Open storage and apply the schema; raises SchemaError/ConfigError with a report."""
         Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
+        self._data_lock = DataDirLock.take(Path(self.settings.data_dir))
+        try:
+            self._start()
+        except BaseException:
+            self._data_lock.release()
+            raise
+
+    def _start(self) -> None:
         self.engine.start()
         self.scheduler.prepare()
         self.auth.start()
@@ -113,6 +123,8 @@ class Node:
     def stop(self) -> None:
         self.scheduler.close()
         self.engine.stop()
+        if self._data_lock is not None:
+            self._data_lock.release()
 
     def _build_app(self) -> Starlette:
         api = FunctionApi(self.engine, self.hub, self.authenticator)

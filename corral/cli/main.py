@@ -13,6 +13,7 @@ import click
 
 from corral.engine.errors import ConfigError, CorralError
 from corral.engine.settings import Settings, default_data_dir
+from corral.listen import ListenError, bind
 
 from . import logs
 from .locate import locate, read_admin_key
@@ -74,10 +75,16 @@ def _serve(settings: Settings) -> None:
     from corral.node import Node
 
     logs.configure(level="info")
+    try:  # the port first: a node that cannot serve must not open the data directory or adopt sandboxes
+        listener = bind(settings.host, settings.port, "node")
+    except ListenError as exc:
+        click.echo(f"corral: {exc}", err=True)
+        sys.exit(1)
     try:
         node = Node(settings)
         node.start()
     except CorralError as exc:
+        listener.close()
         click.echo(f"corral: cannot start: {exc.message}", err=True)
         sys.exit(2)
 
@@ -98,13 +105,16 @@ def _serve(settings: Settings) -> None:
                             timeout_graceful_shutdown=5)
     server = NodeServer(config)
     try:
-        server.run()
+        server.run(sockets=[listener])
+    except KeyboardInterrupt:
+        pass  # Ctrl+C is how a node is stopped: uvicorn has shut down gracefully and re-raised it
     except SystemExit:
-        pass  # uvicorn exits when it cannot bind; say so below
+        pass  # uvicorn exits when it cannot start serving; say so below
     finally:
         node.stop()
+        listener.close()
     if not server.started:
-        click.echo(f"corral: could not listen on {settings.host}:{settings.port} (is another node running there?)", err=True)
+        click.echo(f"corral: could not serve on {settings.host}:{settings.port}", err=True)
         sys.exit(1)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import secrets
 import signal
 import socket
@@ -21,6 +20,7 @@ import structlog
 import uvicorn
 
 from ..engine.clock import Clock
+from ..listen import ListenError, bind
 from .convex_control import ConvexControl
 from .daemon import Registration, RunnerDaemon
 from .executor import Executor
@@ -61,28 +61,6 @@ class RunnerOptions:
         return f"http://{host}:{self.port}"
 
 
-class ListenError(OSError):
-    """The data plane's address cannot be bound; the message is one line for the user."""
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket of the data plane, bound before anything registers (a runner that cannot
-    serve must not tell the node it can)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise ListenError(f"could not listen on {host}:{port}: address in use (is another runner there?)") from None
-        raise ListenError(f"could not listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.setblocking(False)
-    return sock
-
-
 async def run(options: RunnerOptions, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT); the sandboxes stay when it returns."""
     stop = stop or asyncio.Event()
@@ -90,7 +68,7 @@ async def run(options: RunnerOptions, stop: asyncio.Event | None = None) -> None
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    listener = bind(options.host, options.port)
+    listener = bind(options.host, options.port, "runner")
     try:
         await _serve(options, stop, listener)
     finally:

@@ -135,7 +135,48 @@ def test_a_second_node_on_a_taken_port_says_so(chat_node, tmp_path):
     port = chat_node.url.rsplit(":", 1)[1]
     result = corral("serve", "--port", port, "--data-dir", str(tmp_path / "other"), timeout=30)
     assert result.returncode != 0
-    assert "could not listen" in result.stderr
+    assert f"could not listen on 127.0.0.1:{port}: address in use" in result.stderr
+    assert not (tmp_path / "other").exists()  # refused before it opened anything
+
+
+def test_a_second_node_on_the_same_data_dir_is_refused_and_the_first_goes_on(chat_node):
+    node_file = chat_node.data_dir / "node.json"
+    before = node_file.read_text()
+    result = corral("serve", "--port", str(free_port()), "--data-dir", str(chat_node.data_dir), timeout=30)
+    assert result.returncode == 2
+    assert f"another node (pid {chat_node.process.pid}) is serving the data directory" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert node_file.read_text() == before
+    assert corral("run", "--data-dir", str(chat_node.data_dir), "messages:list").returncode == 0
+
+
+def test_ctrl_c_stops_a_node_cleanly(tmp_path):
+    import signal
+
+    data = tmp_path / "d"
+    proc = subprocess.Popen([*CORRAL, "serve", "--port", str(free_port()), "--data-dir", str(data)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "Corral is running at" in proc.stdout.readline()  # type: ignore[union-attr]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Aborted" not in err and "Traceback" not in err
+    assert not (data / "node.json").exists()
+
+
+def test_a_database_that_cannot_be_opened_is_explained(tmp_path):
+    result = corral("serve", "--port", str(free_port()), "--data-dir", str(tmp_path / "d"),
+                    "--database", "postgresql://postgres:hunter2@127.0.0.1:1/corral", timeout=30)
+    assert result.returncode == 2
+    assert "cannot open the PostgreSQL database postgresql://postgres@127.0.0.1:1/corral: connection failed" in result.stderr
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_postgres_database_that_does_not_exist_says_how_to_create_it(tmp_path, postgres_url):
+    missing = postgres_url.split("?")[0].rsplit("/", 1)[0] + "/corral_no_such_database"
+    result = corral("serve", "--port", str(free_port()), "--data-dir", str(tmp_path / "d"), "--database", missing, timeout=30)
+    assert result.returncode == 2
+    assert 'database "corral_no_such_database" does not exist; create it first (createdb' in result.stderr
 
 
 def test_up_uses_the_xdg_data_home(tmp_path):

@@ -23,7 +23,7 @@ import structlog
 from psycopg import errors as pg_errors
 
 from ..clock import Clock
-from ..errors import SerializationConflict
+from ..errors import ConfigError, SerializationConflict
 from ..readsets import WriteSet
 from ..schema import Schema
 from .base import Dialect, Store, StoreConn, WriteJob, WriteOutcome
@@ -99,7 +99,11 @@ class PostgresStore(Store):
 
     def open(self, schema: Schema) -> None:
         self.schema = schema
-        with self._connect() as raw:
+        try:
+            first = self._connect()
+        except psycopg.OperationalError as exc:
+            raise ConfigError(unreachable_message(self.url, exc)) from None
+        with first as raw:
             conn = PgConn(raw, self.dialect)
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS _meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -278,3 +282,15 @@ def _close_all(*connections: psycopg.Connection[Any] | None) -> None:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+def unreachable_message(url: str, exc: psycopg.OperationalError) -> str:
+    """Why the database at `url` cannot be opened, in one line, without its password."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    where = f"postgresql://{info.get('user', '')}@{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+    reason = " ".join(str(exc).split())
+    reason = reason.rsplit("FATAL:", 1)[-1].strip() if "FATAL:" in reason else reason
+    hint = ""
+    if "does not exist" in reason and "database" in reason:
+        hint = f"; create it first (createdb -h {info.get('host', 'localhost')} -U {info.get('user', 'postgres')} {info.get('dbname', '')})"
+    return f"cannot open the PostgreSQL database {where}: {reason}{hint}"
