@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shlex
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -181,7 +182,7 @@ def _claims(pairs: tuple[str, ...]) -> dict[str, Any]:
 @_location_options
 def mint(subject: str, name: str | None, email: str | None, ttl: str | None, claim_pairs: tuple[str, ...],
          data_dir: Path | None, url: str | None, database: str | None, admin_key: str | None) -> None:
-    """Print a signed user token (a JWT) for SUBJECT, and nothing else.
+    """Print a signed user token (a JWT) for the user --subject names, and nothing else.
 
     Send it as `Authorization: Bearer <token>`, or give it to a Convex client (`setAuth`). The
     node verifies it with its own key, which it publishes at /api/auth/jwks.json.
@@ -190,6 +191,7 @@ def mint(subject: str, name: str | None, email: str | None, ttl: str | None, cla
     Examples:
       corral token mint --subject ada --name "Ada Lovelace" --email ada@example.com
       TOKEN=$(corral token mint --subject ada --ttl 15m)
+      # auth:whoami is a function of examples/chat: run `corral serve --functions examples/chat` first
       curl -s http://127.0.0.1:3210/api/query -H "Authorization: Bearer $TOKEN" \\
         -H 'Content-Type: application/json' -d '{"path": "auth:whoami", "args": {}}'
     """
@@ -335,9 +337,12 @@ def revoke(key: str, kill_sandboxes: bool, data_dir: Path | None, url: str | Non
         click.echo(f"Killed its {len(sandboxes)} running or paused sandbox{'es' if len(sandboxes) != 1 else ''}.")
         return
     ids = " ".join(doc["sandbox_id"] for doc in sandboxes)
-    click.echo(f"It still owns {len(sandboxes)} running or paused sandbox{'es' if len(sandboxes) != 1 else ''}, which "
-               f"keep running until they time out: kill them with `corral sandbox kill {ids}` "
-               f"(or revoke with --kill-sandboxes; `corral sandbox list --owner {owner}` lists them).")
+    if len(sandboxes) == 1:
+        owned, them = "1 running or paused sandbox, which keeps running until it times out", "it"
+    else:
+        owned, them = f"{len(sandboxes)} running or paused sandboxes, which keep running until they time out", "them"
+    click.echo(f"It still owns {owned}: kill {them} with `corral sandbox kill {ids}` (or revoke with "
+               f"--kill-sandboxes; `corral sandbox list --owner {shlex.quote(owner)}` lists {them}).")
 
 
 def _register() -> None:

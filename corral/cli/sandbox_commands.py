@@ -27,7 +27,8 @@ def _listen(value: str) -> tuple[str, int]:
 @click.command()
 @click.option("--server", required=True, metavar="URL", help="The Corral node to register with, e.g. http://10.0.0.5:3210.")
 @click.option("--key", required=True, envvar="CORRAL_RUNNER_KEY", metavar="KEY",
-              help="A runner key (corral api-key create --kind runner), or $CORRAL_RUNNER_KEY.")
+              help="A runner key (corral api-key create --kind runner). Default: $CORRAL_RUNNER_KEY, which keeps "
+                   "the key out of `ps`, where a command-line argument shows.")
 @click.option("--listen", "listen", default="127.0.0.1:3211", show_default=True, metavar="HOST:PORT",
               help="Where to serve the data plane that nodes proxy to this runner.")
 @click.option("--label", "labels", multiple=True, metavar="LABEL", help="A label for placement (repeatable).")
@@ -49,11 +50,12 @@ def runner(server: str, key: str, listen: str, labels: tuple[str, ...], capacity
 
     \b
     Example:
-      KEY=$(corral api-key create --name builder-1 --kind runner)
-      corral runner --server http://127.0.0.1:3210 --key "$KEY" --listen 127.0.0.1:3211 --label gpu --capacity 20
+      export CORRAL_RUNNER_KEY=$(corral api-key create --name builder-1 --kind runner)
+      corral runner --server http://127.0.0.1:3210 --listen 127.0.0.1:3211 --label gpu --capacity 20
     """
+    from corral.listen import ListenError
     from corral.runner.fleet import ProviderUnavailable
-    from corral.runner.standalone import ListenError, RunnerOptions, run
+    from corral.runner.standalone import RunnerOptions, run
 
     from . import logs
 
@@ -174,7 +176,7 @@ def template_remove(name: str, data_dir: Path | None) -> None:
 @template.command("list")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=TEMPLATE_DATA_DIR_HELP)
 def template_list(data_dir: Path | None) -> None:
-    """List the templates sandboxes of one node or runner can be created from.
+    """List the templates of one node or runner: the ones its sandboxes can be created from.
 
     \b
     Example:
@@ -203,7 +205,7 @@ def sandbox() -> None:
 
 @sandbox.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Also the killed and lost ones (running and paused only by default).")
-@click.option("--owner", default=None, metavar="IDENTITY", help="Only this owner's, e.g. api-key|3f9a1c2b7d4e.")
+@click.option("--owner", default=None, metavar="IDENTITY", help="Only this owner's, e.g. 'api-key|3f9a1c2b7d4e' (quoted: `|` is a pipe to the shell).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 @_location_options
 def sandbox_list(show_all: bool, owner: str | None, as_json: bool, data_dir: Path | None, url: str | None,
@@ -213,7 +215,7 @@ def sandbox_list(show_all: bool, owner: str | None, as_json: bool, data_dir: Pat
     \b
     Examples:
       corral sandbox list
-      corral sandbox list --all --owner api-key|3f9a1c2b7d4e
+      corral sandbox list --all --owner 'api-key|3f9a1c2b7d4e'
     """
     import json
 
@@ -263,9 +265,10 @@ def e2b() -> None:
     """Point code written for the e2b SDK at this deployment.
 
     \b
-    Example:
+    Example, with a node running on the default data directory (`corral up`, `make up`):
       eval "$(corral e2b env)"
       python -c "from e2b import Sandbox; print(Sandbox.create().commands.run('echo hi').stdout)"
+    For a node started with `corral serve --data-dir DIR`, pass the same --data-dir to `corral e2b env`.
     """
 
 
@@ -275,21 +278,25 @@ def e2b() -> None:
 def e2b_env(name: str | None, data_dir: Path | None, url: str | None, database: str | None, admin_key: str | None) -> None:
     """Create an API key through the running node and print the E2B_* variables, as `export` lines.
 
-    Each run creates a new key. Without --name the key gets a unique name, so running it again
-    works; with --name, save the output once and source it afterwards.
+    It finds the node as the other commands do: --url, else the node running on the data
+    directory (--data-dir, default the one `corral up` and `make up` use). Each run creates a
+    new key. Without --name the key gets a unique name, so running it again works; with --name,
+    save the output once and source it afterwards.
 
     \b
     Examples:
-      eval "$(corral e2b env --data-dir ./data)"
+      eval "$(corral e2b env)"                          # the node of `corral up` / `make up`
       python -c "from e2b import Sandbox; print(Sandbox.create().commands.run('echo hi').stdout)"
-      corral e2b env --data-dir ./data --name my-agent > .e2b.env    # once, with a name of your own
-      . ./.e2b.env                                                   # then in every new shell
+      eval "$(corral e2b env --data-dir ./data)"        # a node run with `corral serve --data-dir ./data`
+      corral e2b env --name my-agent > .e2b.env         # once, with a name of your own
+      . ./.e2b.env                                      # then in every new shell
     """
     deployment = Deployment(data_dir, url, database, admin_key)
     node = deployment.target.url
     if not node:
         raise click.ClickException(f"no node is running for {deployment.settings.data_dir}: start one with "
-                                   f"`corral serve --data-dir {deployment.settings.data_dir}`, or pass --url")
+                                   f"`corral serve --data-dir {deployment.settings.data_dir}`, or pass the "
+                                   "--data-dir (or --url) of the node that runs")
     try:
         created = deployment.call("POST", "/api/auth/api_keys", {"name": name or f"e2b-{secrets.token_hex(3)}", "kind": "client"})
     except click.ClickException as exc:
