@@ -256,7 +256,7 @@ class Host:
                 status = slirp.poll()
                 raise BootError(f"slirp4netns did not configure the network (exit status {status}): "
                                 f"{self.log_tail(paths)}")
-            rules = network.ruleset(network.host_addresses())
+            rules = network.ruleset(network.host_addresses() + network.host_networks())
             result = subprocess.run(network.nft_argv(netns_fd=netns, nsenter=self.tools.nsenter, nft=self.tools.nft),
                                     input=rules.encode(), capture_output=True, pass_fds=(netns,), cwd="/")
             if result.returncode != 0:

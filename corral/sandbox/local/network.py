@@ -6,9 +6,9 @@ as the sandbox's own host uid (never root) and inside the sandbox's cgroups, so 
 frozen, limited and killed with the sandbox. `--disable-host-loopback` stops 10.0.2.2 from
 reaching the host's 127.0.0.1; the nftables rules that the provider (root) installs in the
 namespace before the sandbox's first process starts reject everything else that is not the
-internet: private and shared ranges, link-local, multicast, all of IPv6 and every address of
-the host itself. The sandbox's user has no capability over that namespace, so it cannot
-change them.
+internet: private and shared ranges, link-local, multicast, all of IPv6, every address of the
+host itself and every network it is attached to. The sandbox's user has no capability over that
+namespace, so it cannot change them.
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ from pathlib import Path
 TAP = "tap0"
 DNS = "10.0.2.3"
 MTU = 65520
+# Never the internet: this host, private and shared address space, link-local, IETF protocol
+# assignments, multicast and reserved. Documentation and benchmarking ranges are not here: they
+# route nowhere on the internet, and some networks put their proxies there; the host's own
+# networks, whatever their range, are added from its routing table (`host_networks`).
 BLOCKED_V4 = (
     "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-    "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
-    "203.0.113.0/24", "224.0.0.0/3",
+    "192.0.0.0/24", "192.168.0.0/16", "224.0.0.0/3",
 )
 TUN_MAJOR, TUN_MINOR = 10, 200
 
@@ -46,13 +49,35 @@ def host_addresses() -> list[str]:
     return sorted(found, key=lambda a: ipaddress.ip_address(a))
 
 
+def host_networks() -> list[str]:
+    """The IPv4 networks this host is directly attached to (its LAN neighbours), from its routing table."""
+    found: set[str] = set()
+    try:
+        with open("/proc/net/route") as f:
+            next(f, None)
+            for line in f:
+                fields = line.split()
+                if len(fields) < 8 or fields[2] != "00000000" or fields[1] == "00000000":
+                    continue  # through a gateway, or the default route: the internet
+                destination = ipaddress.IPv4Address(bytes.fromhex(fields[1])[::-1])
+                mask = ipaddress.IPv4Address(bytes.fromhex(fields[7])[::-1])
+                found.add(str(ipaddress.IPv4Network(f"{destination}/{mask}", strict=False)))
+    except (FileNotFoundError, ValueError):
+        pass
+    return sorted(found, key=lambda n: ipaddress.ip_network(n))
+
+
 def ruleset(extra_blocked: list[str]) -> str:
-    """The nftables rules of a sandbox's network namespace."""
-    blocked = list(BLOCKED_V4)
-    for address in extra_blocked:
-        ip = ipaddress.ip_address(address)
-        if ip.version == 4 and not any(ip in ipaddress.ip_network(n) for n in BLOCKED_V4):
-            blocked.append(address)
+    """The nftables rules of a sandbox's network namespace; `extra_blocked` holds addresses and
+    networks of this host's own."""
+    nets = [ipaddress.IPv4Network(n) for n in BLOCKED_V4]
+    for entry in extra_blocked:
+        net = ipaddress.ip_network(entry, strict=False)
+        if isinstance(net, ipaddress.IPv4Network):
+            nets.append(net)
+    # An nftables interval set refuses overlapping elements: keep only the widest of nested ones.
+    kept = sorted({n for n in nets if not any(n != m and n.subnet_of(m) for m in nets)})
+    blocked = [str(n) if n.num_addresses > 1 else str(n.network_address) for n in kept]
     return (
         "table inet corral {\n"
         "  chain output {\n"
