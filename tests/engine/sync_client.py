@@ -31,7 +31,7 @@ class SyncClient:
     def send(self, message: dict[str, Any]) -> None:
         self.ws.send(orjson.dumps(message).decode())
 
-    def recv(self, timeout: float = 10.0) -> dict[str, Any]:
+    def recv(self, timeout: float = 30.0) -> dict[str, Any]:
         message = orjson.loads(self.ws.recv(timeout=timeout))
         if message["type"] == "Transition":
             start = message["startVersion"]
@@ -49,7 +49,7 @@ class SyncClient:
                     self.results.pop(mod["queryId"], None)
         return message
 
-    def recv_until(self, predicate, timeout: float = 10.0) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    def recv_until(self, predicate, timeout: float = 30.0) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()

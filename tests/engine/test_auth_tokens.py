@@ -247,7 +247,7 @@ def test_a_socket_whose_token_expires_gets_auth_error_on_its_next_request(served
     assert "expired" in error["error"]
     assert error["authUpdateAttempted"] is False and error["baseVersion"] == 1
     with pytest.raises(ConnectionClosed):
-        client.recv_until(lambda m: False, timeout=5)
+        client.recv_until(lambda m: False, timeout=30)
     bodies = [m["body"] for m in served.call("query", "messages:list").json()["value"]]
     assert bodies == ["in time"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -43,9 +44,14 @@ def test_the_limit_follows_the_engine_clock(make_node):
     clock = Clock()
     node = make_node(function_timeout=3600.0, clock=clock)
 
+    def spinning() -> bool:  # its limit counts from when it starts, in a reader thread: advance after that
+        return any(g.label == "query misc:spin" for g in list(node.engine.watchdog._active.values()))
+
     async def scenario():  # type: ignore[no-untyped-def]
         task = asyncio.create_task(node.engine.call("query", "misc:spin", {}, ANON))
-        await asyncio.sleep(0.05)
+        deadline = time.monotonic() + 30
+        while not spinning() and not task.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         clock.advance(3601)
         return await asyncio.gather(task, return_exceptions=True)
 

@@ -16,7 +16,7 @@ def test_a_subscriber_on_node_a_sees_a_mutation_made_on_node_b(live_node_factory
     assert watcher.results[q] == []
     writer = SyncClient(node_b.url)
     assert writer.mutation("rooms:create", {"name": "made on B"})["success"]
-    watcher.recv_until(lambda m: m["type"] == "Transition" and watcher.results[q] != [], timeout=15)
+    watcher.recv_until(lambda m: m["type"] == "Transition" and watcher.results[q] != [], timeout=30)
     assert [r["name"] for r in watcher.results[q]] == ["made on B"]
 
 

@@ -39,13 +39,16 @@ def test_a_timeout_pauses_a_local_sandbox_with_its_memory_and_connect_resumes_it
     with fleet_node(short_dir / "data", sandbox_provider="local") as node:
         made = create(node, timeout=60, on_timeout="pause")
         run(node, made.sandbox_id, "sh -c 'n=0; while true; do n=$((n+1)); echo $n > /tmp/count; sleep 0.05; done' &")
+        # the loop runs in the background: it has counted once before the pause, so its count is there after
+        wait_until(lambda: run(node, made.sandbox_id, "test -s /tmp/count")[0] == 0, what="the loop counting")
         node.clock.advance(61)
         wait_until(lambda: held_state(node, made.sandbox_id) == "paused", what="the runner pausing it")
         assert state(node, made.sandbox_id) == "paused" and record(node, made.sandbox_id)["memory_kept"] is True
         _, resumed = on_loop(node, fleet_of(node).connect(OWNER, made.sandbox_id, 60))
         assert resumed
-        code, out = run(node, made.sandbox_id, "cat /tmp/count")
-        assert code == 0 and int(out) > 0
+        # the loop truncates, then writes: a read between the two finds the file empty, so read again
+        wait_until(lambda: int(run(node, made.sandbox_id, "cat /tmp/count")[1] or 0) > 0,
+                   what="the count the loop kept through the pause")
         on_loop(node, fleet_of(node).kill(OWNER, made.sandbox_id))
 
 

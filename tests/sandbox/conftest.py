@@ -18,7 +18,7 @@ from corral.sandbox.host import HostProvider, HostSandbox
 from corral.sandbox.protocol import Data, End, ProcessEvent, SandboxSpec
 
 T = TypeVar("T")
-DEADLINE = 15.0  # seconds any one test may wait for the sandbox; generous, never a timing assertion
+DEADLINE = 60.0  # seconds any one test may wait for the sandbox; generous, never a timing assertion
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -39,12 +40,12 @@ async def started(sandbox: HostSandbox, config: ProcessConfig) -> int:
     return first.pid
 
 
-async def wait_for(condition: object, what: str) -> None:
-    for _ in range(1000):
-        if condition():  # type: ignore[operator]
-            return
+async def wait_for(condition: object, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
         await asyncio.sleep(0.005)
-    raise AssertionError(f"timed out waiting until {what}")
 
 
 def test_create_info_metrics_and_kill_leaves_nothing(root: Path) -> None:
@@ -98,7 +99,9 @@ def test_pause_stops_every_process_and_resume_continues(root: Path) -> None:
         pid = await started(sandbox, ProcessConfig(cmd="sleep", args=["60"]))
         await sandbox.pause()
         assert (await sandbox.info()).state == "paused"
-        assert proctree.read_stat(pid).state == "T"  # type: ignore[union-attr]
+        # pause waits a while for the kernel to show each process stopped, not forever (a loaded
+        # host may deliver the SIGSTOP later): wait for the stop instead of sampling once.
+        await wait_for(lambda: proctree.read_stat(pid).state == "T", "the sleep is stopped")  # type: ignore[union-attr]
         with pytest.raises(SandboxStateError):
             await sandbox.pause()
         await sandbox.resume()

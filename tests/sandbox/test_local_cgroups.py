@@ -44,9 +44,11 @@ def _state(pid: int) -> str | None:
 
 
 def _spawn_in(groups: Cgroups, name: str) -> subprocess.Popen[bytes]:
-    """A shell that joins the group, then loops forever, with a child of its own."""
+    """A shell that joins the group, then loops forever, with a child of its own. It joins before it
+    forks: a child forked earlier (`a & b` runs `a` in a subshell, where $$ is still the parent's)
+    would stay outside the group, escape freeze and kill, and outlive the test."""
     joins = " && ".join(f"echo $$ > {f}" for f in groups.join_files(name))
-    return subprocess.Popen(["/bin/sh", "-c", f"{joins} && sleep 600 & exec /bin/sh -c '{joins} && "
+    return subprocess.Popen(["/bin/sh", "-c", f"{joins} && exec /bin/sh -c 'sleep 600 & "
                              "while :; do sleep 0.01; done'"], start_new_session=True)
 
 
