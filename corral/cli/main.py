@@ -144,9 +144,13 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, database: s
 def up(functions_dir: Path | None) -> None:
     """Run Corral on its embedded default: http://127.0.0.1:3210, SQLite in ~/.local/share/corral.
 
+    Another port or data directory: set CORRAL_PORT or CORRAL_DATA_DIR, or use `corral serve`,
+    which takes --port, --data-dir and --database.
+
     \b
-    Example:
+    Examples:
       corral up
+      CORRAL_PORT=3300 corral up
     """
     _serve(_settings(functions_dir=functions_dir))
 
