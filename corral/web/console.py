@@ -50,6 +50,13 @@ def _when(ms: Any, now: float) -> str:
     return f'<span title="{at} UTC">{rel}</span>'
 
 
+def _last_write(ts: int) -> str:
+    """When the newest commit happened (a commit timestamp is nanoseconds since the epoch)."""
+    if ts <= 0:
+        return "no writes yet"
+    return f'<span title="commit timestamp {ts}">last write</span> {_when(ts / 1e6, time.time())}'
+
+
 def _owner_hint(owner: Any) -> str:
     """Whose sandbox: the API key's id, or the user's subject, shortened."""
     text = str(owner or "")
@@ -98,7 +105,7 @@ class Console:
             admin = "admin key: corral admin-key (on the node's host)"
             e2b_env = 'eval "$(corral e2b env)"          # on the node\'s host'
         body = TEMPLATE.format(node_url=esc(self.url), storage=esc(engine.store.dialect_name),
-                               commit_ts=engine.store.published_ts, admin_line=admin, e2b_env=e2b_env,
+                               last_write=_last_write(engine.store.published_ts), admin_line=admin, e2b_env=e2b_env,
                                sandboxes=sandboxes, runners=runners,
                                table_rows=tables, function_rows=functions, plane_rows=planes)
         return HTMLResponse(body)

@@ -54,6 +54,7 @@ def test_console_lists_sandboxes_and_runners_without_secrets(live_node_factory, 
         assert runner in runners and ">up<" in runners
         assert 'eval "$(corral e2b env --data-dir ' in html and f"export E2B_API_URL={node.url}/e2b" in html
         assert str(node.data_dir.absolute()) in html
+        assert re.search(r"last write</span> <span title=\"[0-9-]+ [0-9:]+ UTC\">\d+ s ago", html), "when the node last wrote"
         for secret in (key, running["envdAccessToken"], paused["envdAccessToken"], _runner_secret(node, runner)):
             assert secret and secret not in html
     finally:
