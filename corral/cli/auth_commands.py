@@ -42,10 +42,10 @@ def parse_duration(text: str) -> float:
     else:
         parts = _DURATION_PART.findall(raw)
         if not parts or "".join(n + u for n, u in parts) != raw:
-            raise click.BadParameter(f"{text!r} is not a duration; use e.g. 90s, 15m, 1h, 1h30m, 7d")
+            raise click.BadParameter(f"{text!r} is not a duration; use e.g. 90s, 15m, 1h, 1h30m, 7d", param_hint="--ttl")
         seconds = sum(float(n) * _UNITS[u] for n, u in parts)
     if seconds <= 0:
-        raise click.BadParameter(f"{text!r}: a token's lifetime must be more than 0 seconds")
+        raise click.BadParameter(f"{text!r}: a token's lifetime must be more than 0 seconds", param_hint="--ttl")
     return seconds
 
 

@@ -253,7 +253,7 @@ def _describe_failure(message: str, data: Any) -> str:
 
 def _run_direct(settings: Settings, path: str, args: dict[str, Any]) -> Any:
     from corral.engine.auth import Caller
-    from corral.engine.errors import ConvexError, FunctionError
+    from corral.engine.errors import ConvexError, FunctionError, path_hint
     from corral.engine.values import decode, encode_clean
     from corral.node import Node
 
@@ -265,7 +265,8 @@ def _run_direct(settings: Settings, path: str, args: dict[str, Any]) -> Any:
     try:
         spec = node.registry.get(path)
         if spec is None:
-            hint = "" if settings.functions_dir else " (no node is running, so pass --functions DIR to load your functions)"
+            hint = path_hint(path) or ("" if settings.functions_dir else
+                                       " (no node is running, so pass --functions DIR to load your functions)")
             raise click.ClickException(f"there is no function '{path}'{hint}")
         value, _ts = asyncio.run(node.engine.call(spec.kind, path, decode(args), Caller.admin()))
         return encode_clean(value)

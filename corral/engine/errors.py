@@ -49,9 +49,17 @@ class ConvexError(FunctionError):
         self.data = data
 
 
+def path_hint(path: object) -> str:
+    """What to add to a 'no such function' message when the path is not shaped module:function."""
+    if isinstance(path, str) and ":" in path:
+        return ""
+    return " (a function path is module:function, e.g. messages:list)"
+
+
 class FunctionNotFound(FunctionError):
     def __init__(self, path: str, kind: str) -> None:
-        super().__init__(f"Could not find public function for '{path}' ({kind}). Did you forget to run it with the right kind or to serve its module?")
+        super().__init__(f"Could not find public function for '{path}' ({kind}){path_hint(path)}. "
+                         "Did you forget to run it with the right kind or to serve its module?")
         self.path = path
 
 

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from .errors import BadRequest, ConvexError, CorralError, FunctionError, Unauthenticated
+from .errors import BadRequest, ConvexError, CorralError, FunctionError, Unauthenticated, path_hint
 from .identity import Authenticator
 from .runtime import Engine
 from .subscriptions import SyncHub
@@ -143,7 +143,7 @@ class FunctionApi:
             path = body.get("path")
             spec = self.engine.registry.get(path) if isinstance(path, str) else None
             if spec is None:
-                return function_failure(FunctionError(f"Could not find function for '{path}'"))
+                return function_failure(FunctionError(f"Could not find function for '{path}'{path_hint(path)}"))
             return await self._call(spec.kind, request, path, body.get("args"), self._format(body.get("format"), "json"))
         except Unauthenticated as exc:
             return json_response({"code": "Unauthenticated", "message": exc.message}, 401)

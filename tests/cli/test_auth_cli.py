@@ -84,7 +84,7 @@ def test_mint_with_url_needs_the_admin_key(chat_node: LiveNode, tmp_path: Path) 
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--ttl", "abc"], "is not a duration"),
+    (["--ttl", "abc"], "Invalid value for --ttl: 'abc' is not a duration"),
     (["--ttl", "1x"], "is not a duration"),
     (["--ttl", "-1h"], "is not a duration"),
     (["--ttl", "0"], "more than 0 seconds"),

@@ -100,6 +100,15 @@ def test_bad_flags_and_arguments_are_explained(args, expected, tmp_path):
     assert expected in result.stderr
 
 
+def test_a_path_without_a_function_name_says_how_paths_look(chat_node):
+    through_node = corral("run", "--data-dir", str(chat_node.data_dir), "messages")
+    chat_node.stop()
+    direct = corral("run", "--data-dir", str(chat_node.data_dir), "messages")  # opens the store itself
+    for result in (through_node, direct):
+        assert result.returncode != 0
+        assert "(a function path is module:function, e.g. messages:list)" in result.stderr, result.stderr
+
+
 def test_serve_refuses_a_schema_that_does_not_load_with_a_report(tmp_path):
     app = tmp_path / "app"
     app.mkdir()

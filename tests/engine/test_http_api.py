@@ -77,6 +77,7 @@ def test_malformed_requests_get_a_4xx_with_code_and_message(live_node, route, bo
     [
         ("rooms:nope", {}, "Could not find public function for 'rooms:nope'"),
         ("rooms:count_all", {}, "Could not find public function for 'rooms:count_all'"),
+        ("rooms", {}, "Could not find public function for 'rooms:default'"),  # Convex: a bare module is its default export
         ("rooms:create", {"name": 3}, "`name`"),
         ("rooms:create", {}, "`name` of rooms:create: missing required field"),
         ("rooms:create", {"name": "x", "extra": True}, "`extra`"),
