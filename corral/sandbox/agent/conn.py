@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import socket
+import _socket as socket
 
 from . import wire
 from .loop import READ, WRITE, Loop, log

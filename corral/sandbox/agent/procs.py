@@ -7,11 +7,11 @@ on a slow terminal). The end event comes after the process is reaped and its pip
 
 from __future__ import annotations
 
+import _signal as signal  # not the enum-building wrapper: a faster agent start
 import contextlib
 import errno
 import fcntl
 import os
-import signal
 import struct
 import termios
 

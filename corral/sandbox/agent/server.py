@@ -15,10 +15,11 @@ Ops (header fields besides ``id`` and ``op``; results in ``ok``; streams send ``
 
 from __future__ import annotations
 
+# _signal and _socket, not their enum-building wrappers: they cost a tenth of the agent's start.
+import _signal as signal
+import _socket as socket
 import contextlib
 import os
-import signal
-import socket
 import time
 
 from . import files, wire
@@ -114,13 +115,13 @@ class Agent:
     def _accept(self, _events: int) -> None:
         while True:
             try:
-                sock, _addr = self.server.accept()
+                fd, _addr = self.server._accept()  # type: ignore[attr-defined]  # _socket: (fd, address)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 log(f"accept failed: {exc}")
                 return
-            Conn(self.loop, sock, self.dispatch, self.dirty)
+            Conn(self.loop, socket.socket(fileno=fd), self.dispatch, self.dirty)
 
     def _busy(self) -> bool:
         return any(not r.conn.congested for r in self.reads)
