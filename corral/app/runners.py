@@ -111,7 +111,17 @@ def heartbeat(ctx: MutationCtx, name: RunnerName, templates: list[str] | None = 
     if templates is not None:
         changes["templates"] = sorted(set(templates))
     ctx.db.patch(doc["_id"], changes)
-    return {"reconcile": doc["state"] == "lost", "lease": policy(ctx).runner_lease / 1000.0}
+    return {"reconcile": doc["state"] != "up", "lease": policy(ctx).runner_lease / 1000.0}
+
+
+@for_runners
+@mutation
+def leave(ctx: MutationCtx, name: RunnerName) -> None:
+    """A runner stopping on purpose (`corral runner` on Ctrl+C or SIGTERM): it is stopped, not lost,
+    and its sandboxes, which outlive it on its host, are lost until it registers again."""
+    doc = _own(ctx, name)
+    ctx.db.patch(doc["_id"], {"state": "stopped"})
+    _lose_sandboxes(ctx, name)
 
 
 @for_runners
@@ -234,10 +244,15 @@ def expire_leases(ctx: MutationCtx) -> int:
     late = ctx.db.query(Runner).with_index("by_state_heartbeat", lambda q: q.eq("state", "up").lt("last_heartbeat", horizon)).collect()
     for runner in late:
         ctx.db.patch(runner["_id"], {"state": "lost"})
-        for doc in _live(ctx, runner["name"]):
-            if doc["state"] in ("running", "paused"):
-                sandbox_transition(ctx, doc, "lost")
+        _lose_sandboxes(ctx, runner["name"])
     return len(late)
+
+
+def _lose_sandboxes(ctx: Any, name: str) -> None:
+    """A runner that cannot be reached: its running and paused sandboxes are lost until it is back."""
+    for doc in _live(ctx, name):
+        if doc["state"] in ("running", "paused"):
+            sandbox_transition(ctx, doc, "lost")
 
 
 @internal_query

@@ -76,7 +76,7 @@ class Runner(Table, name="runners"):
     capacity: int  # sandboxes it may hold (running and paused)
     labels: list[str]
     templates: list[str] | None = None  # the templates it has (None: it reported none, from before they were)
-    state: Literal["up", "lost"]
+    state: Literal["up", "lost", "stopped"]  # lost: its lease ran out; stopped: it said it was leaving
     last_heartbeat: float
     registered_at: float
     indexes = [index("by_name", "name"), index("by_state_heartbeat", "state", "last_heartbeat")]

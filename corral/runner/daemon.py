@@ -166,6 +166,16 @@ class RunnerDaemon:
         except Exception as exc:  # noqa: BLE001 - one sandbox failing must not hold up the others
             log.warning("runner.converge_failed", runner=self.name, sandbox=sandbox_id, state=state, error=str(exc))
 
+    async def leave(self, timeout: float) -> None:
+        """Stop, and tell the engine this runner is leaving on purpose (it shows as stopped, not
+        lost). Its sandboxes stay on this host; registering again brings them back."""
+        await self.stop()
+        try:
+            await asyncio.wait_for(self.control.mutation("runners:leave", {"name": self.name}), timeout)
+            log.info("runner.left", runner=self.name)
+        except Exception as exc:  # noqa: BLE001 - unreachable engine: the lease will say lost instead
+            log.warning("runner.leave_failed", runner=self.name, error=str(exc) or type(exc).__name__)
+
     async def stop(self) -> None:
         """Stop the loops; the sandboxes stay (a restart adopts them)."""
         for task in self._tasks:

@@ -194,7 +194,8 @@ class Fleet:
         if name == self.runner_name and self.executor is not None:
             return self.executor
         if runner["state"] != "up":
-            raise SandboxUnavailable(f"runner {name!r} is not answering (its lease ran out); the sandbox comes back when it does")
+            why = "was stopped" if runner["state"] == "stopped" else "is not answering (its lease ran out)"
+            raise SandboxUnavailable(f"runner {name!r} {why}; the sandbox comes back when it does")
         cached = self._remotes.get(name)
         if cached is not None and cached[:2] == (runner["url"], runner["secret"]):
             return cached[2]
@@ -323,7 +324,8 @@ class Fleet:
         if doc["state"] == "killed":
             raise _not_found(doc["sandbox_id"])
         if doc["state"] == "lost" or runner is None or (runner["state"] != "up" and runner["name"] != self.runner_name):
-            raise SandboxUnavailable(f"sandbox {doc['sandbox_id']} is on runner {doc['runner']!r}, which is not answering; "
+            why = "which was stopped" if runner is not None and runner["state"] == "stopped" else "which is not answering"
+            raise SandboxUnavailable(f"sandbox {doc['sandbox_id']} is on runner {doc['runner']!r}, {why}; "
                                      "it comes back when its runner does")
 
     async def connect(self, owner: str, sandbox_id: str, timeout: float) -> tuple[SandboxRecord, bool]:

@@ -61,6 +61,9 @@ class RunnerOptions:
         return f"http://{host}:{self.port}"
 
 
+LEAVE_TIMEOUT = 5.0  # seconds to tell the node this runner is leaving; past it, the lease says lost instead
+
+
 async def run(options: RunnerOptions, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT); the sandboxes stay when it returns."""
     stop = stop or asyncio.Event()
@@ -101,7 +104,10 @@ async def _serve(options: RunnerOptions, stop: asyncio.Event, listener: socket.s
                  provider=options.provider)
         await stop.wait()
     finally:
-        await daemon.stop()
+        if daemon.ready.is_set():  # it had registered: say it is leaving (stopped, not lost)
+            await daemon.leave(timeout=LEAVE_TIMEOUT)
+        else:
+            await daemon.stop()
         server.should_exit = True
         server.force_exit = True  # open streams (a client following a command) must not hold the exit up
         with contextlib.suppress(Exception):

@@ -137,7 +137,11 @@ def test_a_runner_that_comes_back_kills_what_the_engine_no_longer_knows(short_di
         paused = create(node)
         run(node, paused.sandbox_id, "echo before > note")
         on_loop(node, fleet_of(node).pause(OWNER, paused.sandbox_id))
-        runner.stop()  # a clean stop: its sandboxes outlive it
+        runner.stop()  # a clean stop: its sandboxes outlive it, and it says it is leaving
+        assert registered(node, "builder-1")["state"] == "stopped"  # not lost: no lease had to run out
+        assert {state(node, s.sandbox_id) for s in (keep, drop, paused)} == {"lost"}
+        with pytest.raises(SandboxUnavailable, match="on runner 'builder-1', which was stopped"):
+            run(node, keep.sandbox_id, "true")
         on_loop(node, fleet_of(node).kill(OWNER, drop.sandbox_id))  # decided while the runner is away
         assert state(node, drop.sandbox_id) == "killed" and record(node, drop.sandbox_id)["live"] is True
         assert (runner.data_dir / "sandboxes" / drop.sandbox_id).is_dir()
