@@ -77,7 +77,13 @@ def test_a_runner_name_belongs_to_the_key_that_registered_it(node):
     assert "another runner key" in str(err.value.data)  # type: ignore[attr-defined]
     with pytest.raises(FunctionError):
         call(node, "mutation", "runners:heartbeat", {"name": "builder-1"}, OTHER_RUNNER)
+    with pytest.raises(FunctionError):
+        call(node, "mutation", "runners:leave", {"name": "builder-1"}, OTHER_RUNNER)
+    with pytest.raises(FunctionError) as err:
+        call(node, "mutation", "runners:leave", {"name": "nobody"}, RUNNER)
+    assert err.value.data["code"] == "RunnerNotRegistered"  # type: ignore[attr-defined]
     listed = internal(node, "query", "runners:list_all", {})
+    assert listed[0]["state"] == "up"
     assert [r["name"] for r in listed] == ["builder-1"] and "secret" not in listed[0]
 
 
@@ -93,6 +99,18 @@ def test_the_work_list_holds_the_runners_live_sandboxes(node):
     assert {"sandbox_id": "sb1", "state": "killed", "generation": 2} in work
     call(node, "mutation", "runners:confirm", {"name": "builder-1", "sandbox_id": "sb1", "generation": 2}, RUNNER)
     assert [w["sandbox_id"] for w in call(node, "query", "runners:work", {"name": "builder-1"}, RUNNER)] == ["sb2"]
+
+
+def test_a_runner_that_leaves_is_stopped_and_its_sandboxes_lost_until_it_registers_again(node):
+    register(node)
+    record(node, "sb1")
+    call(node, "mutation", "runners:leave", {"name": "builder-1"}, RUNNER)
+    assert internal(node, "query", "runners:get", {"name": "builder-1"})["state"] == "stopped"
+    assert internal(node, "query", "sandboxes:lookup", {"sandbox_id": "sb1"})["state"] == "lost"
+    assert call(node, "mutation", "runners:heartbeat", {"name": "builder-1"}, RUNNER)["reconcile"] is True
+    call(node, "mutation", "runners:reconcile", {"name": "builder-1", "held": [
+        {"sandbox_id": "sb1", "state": "running", "memory_kept": True}]}, RUNNER)
+    assert internal(node, "query", "sandboxes:lookup", {"sandbox_id": "sb1"})["state"] == "running"
 
 
 def test_reconcile_restores_lost_sandboxes_kills_unknown_ones_and_ends_missing_ones(node):
