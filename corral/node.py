@@ -99,14 +99,18 @@ class Node:
             token_reload_interval=settings.e2b_token_reload_interval), clock=self.clock.time)
         self.app = self._build_app()
 
-    def start(self) -> None:
-        """Open storage and apply the schema; raises SchemaError/ConfigError with a report."""
+    def start(self, *, serving: bool = True) -> None:
+        """Open storage and apply the schema; raises SchemaError/ConfigError with a report.
+
+        A node that will serve holds its data directory (one node per directory); a CLI command
+        that opens the store for one call (`serving=False`) does not, so it works beside a node."""
         Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
-        self._data_lock = DataDirLock.take(Path(self.settings.data_dir))
+        if serving:
+            self._data_lock = DataDirLock.take(Path(self.settings.data_dir))
         try:
             self._start()
         except BaseException:
-            self._data_lock.release()
+            self._release_data_dir()
             raise
 
     def _start(self) -> None:
@@ -121,10 +125,16 @@ class Node:
             key_file.chmod(0o600)
 
     def stop(self) -> None:
-        self.scheduler.close()
-        self.engine.stop()
+        try:
+            self.scheduler.close()
+            self.engine.stop()
+        finally:
+            self._release_data_dir()
+
+    def _release_data_dir(self) -> None:
         if self._data_lock is not None:
             self._data_lock.release()
+            self._data_lock = None
 
     def _build_app(self) -> Starlette:
         api = FunctionApi(self.engine, self.hub, self.authenticator)

@@ -107,11 +107,13 @@ def heartbeat(ctx: MutationCtx, name: RunnerName, templates: list[str] | None = 
     """Renew the lease, and update the templates the runner has (`corral template add` on its host).
     `reconcile` is true when the runner had been marked lost meanwhile."""
     doc = _own(ctx, name)
+    if doc["state"] == "stopped":  # it left (or a heartbeat sent before its leave arrives late): only registering brings it back
+        return {"register": True, "reconcile": False, "lease": policy(ctx).runner_lease / 1000.0}
     changes: dict[str, Any] = {"last_heartbeat": float(ctx.now), "state": "up"}
     if templates is not None:
         changes["templates"] = sorted(set(templates))
     ctx.db.patch(doc["_id"], changes)
-    return {"reconcile": doc["state"] != "up", "lease": policy(ctx).runner_lease / 1000.0}
+    return {"reconcile": doc["state"] == "lost", "lease": policy(ctx).runner_lease / 1000.0}
 
 
 @for_runners

@@ -104,7 +104,7 @@ class Deployment:
                                        f"with `corral serve --data-dir {self.settings.data_dir}`, or pass --url")
         try:
             node = Node(self.settings)
-            node.start()
+            node.start(serving=False)
         except CorralError as exc:
             raise click.ClickException(exc.message) from None
         return node

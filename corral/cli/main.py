@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -104,10 +105,13 @@ def _serve(settings: Settings) -> None:
                             ws_ping_interval=settings.ping_interval, ws_ping_timeout=settings.client_timeout,
                             timeout_graceful_shutdown=5)
     server = NodeServer(config)
+    # uvicorn shuts down gracefully on SIGINT and SIGTERM, then raises the signal again with the
+    # handler it found: make that a KeyboardInterrupt for both, so that the node is stopped below.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         server.run(sockets=[listener])
     except KeyboardInterrupt:
-        pass  # Ctrl+C is how a node is stopped: uvicorn has shut down gracefully and re-raised it
+        pass  # Ctrl+C or SIGTERM is how a node is stopped: uvicorn has shut down gracefully
     except SystemExit:
         pass  # uvicorn exits when it cannot start serving; say so below
     finally:
@@ -259,7 +263,7 @@ def _run_direct(settings: Settings, path: str, args: dict[str, Any]) -> Any:
 
     node = Node(settings)
     try:
-        node.start()
+        node.start(serving=False)
     except CorralError as exc:
         raise click.ClickException(exc.message) from None
     try:

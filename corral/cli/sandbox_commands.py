@@ -66,8 +66,7 @@ def runner(server: str, key: str, listen: str, labels: tuple[str, ...], capacity
         raise click.ClickException(exc.message) from None
     options = RunnerOptions(server=server.rstrip("/"), key=key.strip(), host=host, port=port,
                             data_dir=data_dir or default_data_dir() / "runner", provider=provider, name=name,
-                            advertise=advertise, capacity=capacity, labels=list(labels),
-                            uid_base=settings.sandbox_uid_base, uid_count=settings.sandbox_uid_count)
+                            advertise=advertise, capacity=capacity, labels=list(labels), settings=settings)
     logs.configure(level="info")
     try:
         asyncio.run(run(options))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -122,13 +123,24 @@ class Settings:
         return settings
 
 
+# Settings that make no sense at 0: a loop's period, a pool's size, a limit, a lease. The other
+# numbers may be 0 (no idle pause, no throttling, no leeway); none may be negative or not finite.
+ABOVE_ZERO = frozenset({
+    "function_timeout", "action_timeout", "ping_interval", "client_timeout", "max_document_bytes", "max_args_bytes",
+    "sqlite_readers", "postgres_writers", "postgres_readers", "commit_log_cleanup_interval", "maintenance_interval",
+    "group_commit_max", "upload_url_lifetime", "max_upload_bytes", "scheduler_poll_interval", "scheduler_concurrency",
+    "scheduler_claim_lease", "auth_token_ttl", "auth_jwks_fetch_timeout", "sandbox_max_timeout", "sandbox_cpu_count",
+    "sandbox_memory_mb", "sandbox_disk_mb", "sandbox_pids", "sandbox_uid_count", "runner_lease",
+    "runner_heartbeat_interval", "sandbox_metrics_interval", "sandbox_metrics_kept",
+})
+
+
 def _check_range(name: str, value: Any) -> Any:
-    """No setting is a negative number; an interval or a count of samples kept is above zero."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return value
-    if value < 0 or (value == 0 and name.endswith(("_interval", "_kept"))):
-        least = "above 0" if name.endswith(("_interval", "_kept")) else "0 or more"
-        raise ConfigError(f"setting '{name}' has the bad value {value!r}: it must be {least}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and name in ABOVE_ZERO):
+        least = "above 0" if name in ABOVE_ZERO else "0 or more"
+        raise ConfigError(f"setting '{name}' has the bad value {value!r}: it must be a number {least}")
     return value
 
 

@@ -126,6 +126,9 @@ class RunnerDaemon:
                 raise
             await self.register()
             return
+        if answer.get("register"):  # the engine has it as stopped: this runner is running, so say so
+            await self.register()
+            return
         if answer.get("reconcile"):
             log.info("runner.back_after_lost", runner=self.name)
             await self.reconcile()

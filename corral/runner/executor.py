@@ -20,7 +20,6 @@ from ..sandbox.protocol import (
     Metrics,
     Provider,
     Sandbox,
-    SandboxError,
     SandboxInfo,
     SandboxNotFound,
     SandboxSpec,
@@ -46,7 +45,7 @@ class Executor:
     """Implements the node's `RunnerLink` in process (the embedded runner) and backs the runner
     server of a remote runner."""
 
-    def __init__(self, provider: Provider, metrics_kept: int = 360) -> None:
+    def __init__(self, provider: Provider, metrics_kept: int) -> None:
         self.provider = provider
         self.history = MetricsHistory(metrics_kept)
         self._ids: set[str] = set()  # every sandbox this runner holds: adopted or created
@@ -101,8 +100,7 @@ class Executor:
         sandbox = await self.provider.create(spec)
         self._ids.add(spec.sandbox_id)
         self.fresh.add(spec.sandbox_id)
-        with contextlib.suppress(SandboxError):
-            await self._sample(sandbox)  # E2B's history starts when the sandbox does
+        await self._sample(sandbox)  # E2B's history starts when the sandbox does
         return await sandbox.info()
 
     async def converge(self, sandbox_id: str, state: Desired, generation: int) -> SandboxInfo | None:
@@ -150,7 +148,7 @@ class Executor:
         """The sandbox's samples from `start` to `end`; one taken now when a running sandbox has none
         yet (the runner restarted since it started)."""
         sandbox = self.provider.get(sandbox_id)
-        if not self.history.has(sandbox_id) and (await sandbox.info()).state == "running":
+        if not self.history.has(sandbox_id):
             await self._sample(sandbox)
         return self.history.between(sandbox_id, start, end)
 
@@ -159,13 +157,22 @@ class Executor:
         for sandbox_id in sorted(self._ids):
             try:
                 sandbox = self.provider.get(sandbox_id)
-                if (await sandbox.info()).state == "running":
-                    await self._sample(sandbox)
-            except SandboxError as exc:  # it stopped meanwhile: nothing to sample
-                log.debug("runner.metrics_skipped", sandbox=sandbox_id, error=str(exc))
+            except SandboxNotFound:
+                continue
+            await self._sample(sandbox)
 
     async def _sample(self, sandbox: Sandbox) -> None:
-        self.history.record(sandbox.sandbox_id, await sandbox.metrics())
+        """One sample into the history; a failure (the sandbox stopping meanwhile, its cgroup gone)
+        leaves a gap and no more, and a sandbox forgotten meanwhile gets no history back."""
+        try:
+            if (await sandbox.info()).state != "running":
+                return
+            sample = await sandbox.metrics()
+        except Exception as exc:  # noqa: BLE001 - one sandbox must not cost the others their samples
+            log.debug("runner.metrics_skipped", sandbox=sandbox.sandbox_id, error=str(exc) or type(exc).__name__)
+            return
+        if sandbox.sandbox_id in self._ids:
+            self.history.record(sandbox.sandbox_id, sample)
 
     async def close(self) -> None:
         """Let go of the sandboxes without killing them: they outlive the runner."""

@@ -84,6 +84,13 @@ def _record(doc: dict[str, Any]) -> SandboxRecord:
     )
 
 
+def _away(runner: dict[str, Any] | None) -> str:
+    """Why a runner cannot be reached, as the end of a sentence."""
+    if runner is None:
+        return "is no longer registered"
+    return "was stopped" if runner["state"] == "stopped" else "is not answering"
+
+
 def _not_found(sandbox_id: str) -> SandboxNotFound:
     return SandboxNotFound(f"sandbox {sandbox_id} was not found")
 
@@ -194,8 +201,7 @@ class Fleet:
         if name == self.runner_name and self.executor is not None:
             return self.executor
         if runner["state"] != "up":
-            why = "was stopped" if runner["state"] == "stopped" else "is not answering (its lease ran out)"
-            raise SandboxUnavailable(f"runner {name!r} {why}; the sandbox comes back when it does")
+            raise SandboxUnavailable(f"runner {name!r} {_away(runner)}; the sandbox comes back when it does")
         cached = self._remotes.get(name)
         if cached is not None and cached[:2] == (runner["url"], runner["secret"]):
             return cached[2]
@@ -324,8 +330,7 @@ class Fleet:
         if doc["state"] == "killed":
             raise _not_found(doc["sandbox_id"])
         if doc["state"] == "lost" or runner is None or (runner["state"] != "up" and runner["name"] != self.runner_name):
-            why = "which was stopped" if runner is not None and runner["state"] == "stopped" else "which is not answering"
-            raise SandboxUnavailable(f"sandbox {doc['sandbox_id']} is on runner {doc['runner']!r}, {why}; "
+            raise SandboxUnavailable(f"sandbox {doc['sandbox_id']} is on runner {doc['runner']!r}, which {_away(runner)}; "
                                      "it comes back when its runner does")
 
     async def connect(self, owner: str, sandbox_id: str, timeout: float) -> tuple[SandboxRecord, bool]:

@@ -20,6 +20,7 @@ import structlog
 import uvicorn
 
 from ..engine.clock import Clock
+from ..engine.settings import Settings
 from ..listen import ListenError, bind
 from .convex_control import ConvexControl
 from .daemon import Registration, RunnerDaemon
@@ -43,11 +44,7 @@ class RunnerOptions:
     advertise: str | None = None  # the URL nodes use to reach it; default http://<host>:<port>
     capacity: int = 100
     labels: list[str] = field(default_factory=list)
-    heartbeat_interval: float = 10.0
-    metrics_interval: float = 5.0  # the sandbox_metrics_* settings
-    metrics_kept: int = 360
-    uid_base: int = 1_000_000  # the sandbox_uid_* settings (local provider)
-    uid_count: int = 100_000
+    settings: Settings = field(default_factory=Settings)  # durations, uid range, metrics: the sandbox_* and runner_* settings
 
     def runner_name(self) -> str:
         if self.name:
@@ -80,8 +77,9 @@ async def run(options: RunnerOptions, stop: asyncio.Event | None = None) -> None
 
 async def _serve(options: RunnerOptions, stop: asyncio.Event, listener: socket.socket) -> None:
     options.data_dir.mkdir(parents=True, exist_ok=True)
-    provider = open_provider(options.provider, options.data_dir, uid_base=options.uid_base, uid_count=options.uid_count)
-    executor = Executor(provider, metrics_kept=options.metrics_kept)
+    provider = open_provider(options.provider, options.data_dir, uid_base=options.settings.sandbox_uid_base,
+                             uid_count=options.settings.sandbox_uid_count)
+    executor = Executor(provider, metrics_kept=options.settings.sandbox_metrics_kept)
     name = options.runner_name()
     secret = secrets.token_urlsafe(32)
     server = uvicorn.Server(uvicorn.Config(RunnerServer(name, executor, secret), log_level="warning", lifespan="off",
@@ -97,7 +95,8 @@ async def _serve(options: RunnerOptions, stop: asyncio.Event, listener: socket.s
     control = ConvexControl(options.server, options.key)
     registration = Registration(name=name, url=options.url(), secret=secret, capacity=options.capacity,
                                 labels=sorted(set(options.labels)))
-    daemon = RunnerDaemon(registration, executor, control, Clock(), options.heartbeat_interval, options.metrics_interval)
+    daemon = RunnerDaemon(registration, executor, control, Clock(), options.settings.runner_heartbeat_interval,
+                          options.settings.sandbox_metrics_interval)
     try:
         await daemon.start()
         log.info("runner.ready", runner=name, listen=f"{options.host}:{options.port}", server=options.server,

@@ -104,12 +104,23 @@ def test_the_work_list_holds_the_runners_live_sandboxes(node):
 def test_a_runner_that_leaves_is_stopped_and_its_sandboxes_lost_until_it_registers_again(node):
     register(node)
     record(node, "sb1")
+    record(node, "asleep")
+    internal(node, "mutation", "sandboxes:transition", {"sandbox_id": "asleep", "to": "paused"})
+    paused_at = internal(node, "query", "sandboxes:lookup", {"sandbox_id": "asleep"})["paused_at"]
+    node.clock.advance(3600)
     call(node, "mutation", "runners:leave", {"name": "builder-1"}, RUNNER)
     assert internal(node, "query", "runners:get", {"name": "builder-1"})["state"] == "stopped"
     assert internal(node, "query", "sandboxes:lookup", {"sandbox_id": "sb1"})["state"] == "lost"
-    assert call(node, "mutation", "runners:heartbeat", {"name": "builder-1"}, RUNNER)["reconcile"] is True
+    late = call(node, "mutation", "runners:heartbeat", {"name": "builder-1"}, RUNNER)  # sent before it left
+    assert late["register"] is True  # a stopped runner is up again only by registering
+    assert internal(node, "query", "runners:get", {"name": "builder-1"})["state"] == "stopped"
+    register(node)
     call(node, "mutation", "runners:reconcile", {"name": "builder-1", "held": [
-        {"sandbox_id": "sb1", "state": "running", "memory_kept": True}]}, RUNNER)
+        {"sandbox_id": "sb1", "state": "running", "memory_kept": True},
+        {"sandbox_id": "asleep", "state": "paused", "memory_kept": True}]}, RUNNER)
+    assert internal(node, "query", "runners:get", {"name": "builder-1"})["state"] == "up"
+    back = internal(node, "query", "sandboxes:lookup", {"sandbox_id": "asleep"})
+    assert back["state"] == "paused" and back["paused_at"] == back["state_since"] == paused_at  # retention counts on
     assert internal(node, "query", "sandboxes:lookup", {"sandbox_id": "sb1"})["state"] == "running"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -159,18 +160,32 @@ def test_a_second_node_on_the_same_data_dir_is_refused_and_the_first_goes_on(cha
     assert corral("run", "--data-dir", str(chat_node.data_dir), "messages:list").returncode == 0
 
 
-def test_ctrl_c_stops_a_node_cleanly(tmp_path):
-    import signal
-
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_a_node_cleanly(tmp_path, signum):
     data = tmp_path / "d"
     proc = subprocess.Popen([*CORRAL, "serve", "--port", str(free_port()), "--data-dir", str(data)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert "Corral is running at" in proc.stdout.readline()  # type: ignore[union-attr]
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "Aborted" not in err and "Traceback" not in err
     assert not (data / "node.json").exists()
+
+
+def test_commands_open_a_postgres_store_directly_beside_a_node_serving_it(tmp_path, postgres_url):
+    data = tmp_path / "d"
+    proc = subprocess.Popen([*CORRAL, "serve", "--port", str(free_port()), "--data-dir", str(data), "--database", postgres_url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "Corral is running at" in proc.stdout.readline()  # type: ignore[union-attr]
+        direct = corral("run", "--data-dir", str(data), "--database", postgres_url, "sandboxes:list")
+        assert direct.returncode == 0, direct.stderr  # documented: --database opens the database itself
+        second = corral("serve", "--port", str(free_port()), "--data-dir", str(data), "--database", postgres_url)
+        assert second.returncode == 2 and "another node" in second.stderr  # but a second node is refused
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_a_database_that_cannot_be_opened_is_explained(tmp_path):
@@ -179,6 +194,10 @@ def test_a_database_that_cannot_be_opened_is_explained(tmp_path):
     assert result.returncode == 2
     assert "cannot open the PostgreSQL database postgresql://postgres@127.0.0.1:1/corral: connection failed" in result.stderr
     assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+    at_sign = corral("serve", "--port", str(free_port()), "--data-dir", str(tmp_path / "d"),
+                     "--database", "postgresql://postgres:hun@ter2@127.0.0.1:1/corral", timeout=30)
+    assert at_sign.returncode == 2 and "write an '@' in the password as %40" in at_sign.stderr
+    assert "ter2" not in at_sign.stderr
 
 
 def test_a_postgres_database_that_does_not_exist_says_how_to_create_it(tmp_path, postgres_url):

@@ -27,7 +27,11 @@ def sandbox_transition(ctx: Any, doc: Any, to: str, **changes: Any) -> dict[str,
             raise ConvexError({"code": "SandboxStateError",
                                "message": f"sandbox {doc['sandbox_id']} is {current} and cannot become {to}"})
         fields.update(state=to, generation=doc["generation"] + 1, state_since=now)
-        if to == "paused":
+        if to == "paused" and current == "lost" and doc.get("paused_at"):
+            # Paused before its runner went away, and still: it has been paused since then, for
+            # retention too, not since its runner came back.
+            fields.update(paused_at=doc["paused_at"], state_since=doc["paused_at"])
+        elif to == "paused":
             fields.setdefault("paused_at", now)
         elif to == "running":
             fields.update(paused_at=None, paused_reason=None)

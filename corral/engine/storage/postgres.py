@@ -286,7 +286,14 @@ def _close_all(*connections: psycopg.Connection[Any] | None) -> None:
 
 def unreachable_message(url: str, exc: psycopg.OperationalError) -> str:
     """Why the database at `url` cannot be opened, in one line, without its password."""
-    info = psycopg.conninfo.conninfo_to_dict(url)
+    authority = url.split("://", 1)[1].split("/", 1)[0] if "://" in url else ""
+    if authority.count("@") > 1:  # the password's own '@' splits the URL wrongly, and psycopg echoes the pieces
+        return ("cannot open the PostgreSQL database: its URL has more than one '@' before the host; "
+                "write an '@' in the password as %40")
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        return "cannot open the PostgreSQL database: its URL is not one PostgreSQL understands"
     where = f"postgresql://{info.get('user', '')}@{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
     reason = " ".join(str(exc).split())
     reason = reason.rsplit("FATAL:", 1)[-1].strip() if "FATAL:" in reason else reason

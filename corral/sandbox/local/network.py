@@ -50,21 +50,34 @@ def host_addresses() -> list[str]:
 
 
 def host_networks() -> list[str]:
-    """The IPv4 networks this host is directly attached to (its LAN neighbours), from its routing table."""
-    found: set[str] = set()
+    """The IPv4 networks this host's interfaces are on (its LAN neighbours)."""
     try:
         with open("/proc/net/route") as f:
-            next(f, None)
-            for line in f:
-                fields = line.split()
-                if len(fields) < 8 or fields[2] != "00000000" or fields[1] == "00000000":
-                    continue  # through a gateway, or the default route: the internet
-                destination = ipaddress.IPv4Address(bytes.fromhex(fields[1])[::-1])
-                mask = ipaddress.IPv4Address(bytes.fromhex(fields[7])[::-1])
-                found.add(str(ipaddress.IPv4Network(f"{destination}/{mask}", strict=False)))
-    except (FileNotFoundError, ValueError):
-        pass
-    return sorted(found, key=lambda n: ipaddress.ip_network(n))
+            table = f.read()
+    except FileNotFoundError:
+        return []
+    return attached_networks(table, host_addresses())
+
+
+def attached_networks(route_table: str, own_addresses: list[str]) -> list[str]:
+    """From a /proc/net/route text: the directly attached networks that hold one of this host's
+    addresses and are no wider than /8. That is an interface's own subnet, not a VPN's or a TUN
+    proxy's catch-all routes (0.0.0.0/1, 128.0.0.0/1, 1.0.0.0/8 on a tunnel), which are the internet."""
+    own = [ipaddress.IPv4Address(a) for a in own_addresses if ipaddress.ip_address(a).version == 4]
+    found: set[ipaddress.IPv4Network] = set()
+    for line in route_table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 8 or fields[2] != "00000000":
+            continue  # through a gateway: the internet, or a network behind a router
+        try:
+            destination = ipaddress.IPv4Address(bytes.fromhex(fields[1])[::-1])
+            mask = ipaddress.IPv4Address(bytes.fromhex(fields[7])[::-1])
+            net = ipaddress.IPv4Network(f"{destination}/{mask}", strict=False)
+        except ValueError:
+            continue  # a line this parser does not understand says nothing about the others
+        if net.prefixlen >= 8 and not net.is_loopback and any(a in net for a in own):
+            found.add(net)
+    return [str(n) for n in sorted(found)]
 
 
 def ruleset(extra_blocked: list[str]) -> str:
