@@ -29,7 +29,7 @@ from ..sandbox.protocol import (
     PermissionDenied,
     Sandbox,
     SandboxError,
-    close_stream,
+    after_first,
 )
 from . import envd_json as pj
 from .auth import check_user, envd_user
@@ -151,7 +151,7 @@ class FilesHttp:
             return _error(exc)
         name = path.rstrip("/").rsplit("/", 1)[-1] or "file"
         disposition = f"attachment; filename*=UTF-8''{urllib.parse.quote(name)}"
-        return StreamingResponse(_rest(first, chunks), media_type="application/octet-stream",
+        return StreamingResponse(after_first(first, chunks), media_type="application/octet-stream",
                                  headers={"Content-Disposition": disposition})
 
     async def upload(self, request: Request) -> Response:
@@ -247,13 +247,3 @@ async def _gunzip(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             yield tail
     except zlib.error as exc:
         raise EnvdHttpError(400, f"the gzip-encoded body is not valid gzip: {exc}") from None
-
-
-async def _rest(first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    try:
-        if first:
-            yield first
-        async for chunk in chunks:
-            yield chunk
-    finally:
-        await close_stream(chunks)

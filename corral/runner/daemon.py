@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,9 +66,11 @@ class RunnerDaemon:
             if adopted:
                 log.info("runner.adopted", runner=self.name, sandboxes=len(adopted))
         await self.register()
-        self._tasks = [asyncio.create_task(self._heartbeat_loop(), name=f"runner-heartbeat-{self.name}"),
+        heartbeats = self._every(self._heartbeat_interval, self.heartbeat, "runner.heartbeat_failed")
+        samples = self._every(lambda: self.metrics_interval, self.executor.sample_running, "runner.metrics_failed")
+        self._tasks = [asyncio.create_task(heartbeats, name=f"runner-heartbeat-{self.name}"),
                        asyncio.create_task(self._work_loop(), name=f"runner-work-{self.name}"),
-                       asyncio.create_task(self._metrics_loop(), name=f"runner-metrics-{self.name}")]
+                       asyncio.create_task(samples, name=f"runner-metrics-{self.name}")]
         self.ready.set()
 
     async def register(self) -> None:
@@ -97,26 +100,20 @@ class RunnerDaemon:
         log.info("runner.reconciled", runner=self.name, held=len(held), killed=len(kill))
         return list(kill)
 
-    async def _heartbeat_loop(self) -> None:
+    async def _every(self, interval: Callable[[], float], work: Callable[[], Awaitable[None]], failed: str) -> None:
+        """Run `work` every `interval()` seconds of the clock; a failure is logged as `failed` and the
+        next round comes as usual (a missed heartbeat is covered by the lease, a missed sample is a gap)."""
         while True:
-            interval = self.heartbeat_interval if not self.lease else min(self.heartbeat_interval, self.lease / 3)
-            await self.clock.sleep(interval)
+            await self.clock.sleep(interval())
             try:
-                await self.heartbeat()
+                await work()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried; the lease covers a few
-                log.warning("runner.heartbeat_failed", runner=self.name, error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - see above
+                log.warning(failed, runner=self.name, error=str(exc))
 
-    async def _metrics_loop(self) -> None:
-        while True:
-            await self.clock.sleep(self.metrics_interval)
-            try:
-                await self.executor.sample_running()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a missed sample leaves a gap, no more
-                log.warning("runner.metrics_failed", runner=self.name, error=str(exc))
+    def _heartbeat_interval(self) -> float:
+        return self.heartbeat_interval if not self.lease else min(self.heartbeat_interval, self.lease / 3)
 
     async def heartbeat(self) -> None:
         try:

@@ -18,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from ..sandbox.protocol import SandboxError, close_stream
+from ..sandbox.protocol import SandboxError, after_first, close_stream
 from . import wire
 from .executor import Executor
 
@@ -134,14 +134,7 @@ class RunnerServer:
         sandbox = self.executor.sandbox(params["sandbox"])
         chunks = sandbox.files.read(params["path"], user=params.get("user", "user"))
         first = await anext(chunks, b"")
-
-        async def body() -> AsyncIterator[bytes]:
-            if first:
-                yield first
-            async for chunk in chunks:
-                yield chunk
-
-        return StreamingResponse(body(), media_type="application/octet-stream")
+        return StreamingResponse(after_first(first, chunks), media_type="application/octet-stream")
 
     async def write(self, request: Request) -> Response:
         params = request.query_params

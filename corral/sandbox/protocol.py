@@ -267,3 +267,15 @@ async def close_stream(stream: AsyncIterator[object]) -> None:
     if closer is not None:
         with contextlib.suppress(Exception):
             await closer()
+
+
+async def after_first(first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A read's chunks, its first one already taken (to raise its errors before a response starts);
+    the stream is closed however the consumer stops."""
+    try:
+        if first:
+            yield first
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        await close_stream(chunks)
