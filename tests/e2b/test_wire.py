@@ -311,6 +311,9 @@ def test_rest_lifecycle_codes(served_e2b: Served) -> None:
     assert _api(served_e2b, "POST", f"/sandboxes/{sid}/resume", json={"timeout": 60}).status_code == 201
     metrics = _api(served_e2b, "GET", f"/sandboxes/{sid}/metrics", params={"start": "0"}).json()
     assert metrics and set(metrics[0]) >= {"timestamp", "timestampUnix", "cpuUsedPct", "memTotal", "diskTotal"}
+    for params in ({"start": "yesterday"}, {"end": "1.5e9"}):
+        refused = _api(served_e2b, "GET", f"/sandboxes/{sid}/metrics", params=params)
+        assert refused.status_code == 400 and "must be a time in unix seconds" in refused.json()["message"]
     listed = _api(served_e2b, "GET", "/sandboxes", params={"metadata": "k=v%20w"}).json()
     assert [s["sandboxID"] for s in listed] == [sid]
     assert _api(served_e2b, "DELETE", f"/sandboxes/{sid}").status_code == 204

@@ -228,6 +228,7 @@ def test_the_runner_plane_refuses_garbage_with_a_clear_400(short_dir):
         for body in (b"not json", b"[1, 2]", b'{"op": 7}', b'{"op": "sandbox.info"}',
                      b'{"op": "nonsense.call", "sandbox": "x"}', b'{"op": "create", "args": {}}',
                      b'{"op": "converge", "args": {"state": "paused", "generation": 9}}', b'{"op": "metrics"}',
+                     b'{"op": "metrics", "sandbox": "' + made.sandbox_id.encode() + b'", "args": {"start": "soon"}}',
                      b'{"op": "sandbox.info", "sandbox": "' + made.sandbox_id.encode() + b'", "args": {"bogus": 1}}'):
             answer = httpx.post(plane + "/call", content=body, headers=auth)
             assert answer.status_code == 400, (body, answer.text)
