@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import structlog
 
+from . import system_functions
 from .auth import Caller
 from .clock import Clock
 from .context import ActionCtx, MutationCtx, QueryCtx
@@ -77,7 +78,9 @@ class Engine:
         self.clock = clock or Clock()
         self.watchdog = Watchdog(self.clock)
         self.env = Env.load(settings.data_dir)  # ctx.env: read once, at start
-        install_scheduler(registry)  # the scheduler's system tables and the _system:* queries
+        install_scheduler(registry)  # the scheduler's system tables
+        if "_system" not in registry.modules:
+            registry.add_module("_system", system_functions, "corral/engine/system_functions.py")
         self.files = FileStorage(settings, store, self.clock)
         self._readers = ThreadPoolExecutor(max(2, settings.sqlite_readers), thread_name_prefix="corral-reader")
 

@@ -116,14 +116,10 @@ SYSTEM_TABLES: tuple[type[Table], ...] = (ScheduledFunction, QueuedJob, RunningA
 
 
 def install(registry: Registry) -> None:
-    """Add the scheduler's system tables and the built-in `_system:*` queries to a registry."""
+    """Add the scheduler's system tables to a registry."""
     for cls in SYSTEM_TABLES:
         if cls.__table_name__ not in registry.schema.tables:
             registry.schema.add_table(cls, module="corral/engine/scheduler.py", system=True)
-    if "_system" not in registry.modules:
-        from . import system_functions
-
-        registry.add_module("_system", system_functions, "corral/engine/system_functions.py")
 
 
 @contextlib.contextmanager
