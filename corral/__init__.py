@@ -6,10 +6,8 @@ Everything a function author needs is importable from here:
 """
 
 from .engine.auth import UserIdentity
-from .engine.context import ActionCtx, MutationCtx, QueryCtx
-from .engine.crons import Crons
 from .engine.errors import ConvexError
-from .engine.file_storage import StorageId
+from .engine.files import StorageId
 from .engine.functions import (
     action,
     for_runners,
@@ -19,9 +17,10 @@ from .engine.functions import (
     mutation,
     query,
 )
-from .engine.http_actions import HttpRouter
-from .engine.schema import Table, index
-from .engine.validators import Id
+from .engine.http import HttpRouter
+from .engine.runtime import ActionCtx, MutationCtx, QueryCtx
+from .engine.scheduling import Crons
+from .engine.schema import Id, Table, index
 
 __version__ = "0.1.0"
 

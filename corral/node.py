@@ -21,23 +21,18 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from .data_dir_lock import DataDirLock
 from .e2b import E2bApi, E2bOptions, misdirected
-from .engine.auth import new_admin_key
-from .engine.auth_api import AuthService
+from .engine.auth import Authenticator, AuthService, new_admin_key
 from .engine.clock import Clock
-from .engine.crons import CronRunner, load_crons
 from .engine.errors import ConfigError
-from .engine.file_storage_http import FileStorageApi
 from .engine.functions import Registry
-from .engine.http_actions import HttpActions, load_routes
-from .engine.http_api import FunctionApi, json_response
-from .engine.identity import Authenticator
+from .engine.http import FileStorageApi, FunctionApi, HttpActions, json_response, load_routes
+from .engine.live import SyncHub
 from .engine.metrics import render as render_metrics
 from .engine.runtime import Engine
-from .engine.scheduler import Scheduler
+from .engine.scheduling import CronRunner, Scheduler, load_crons
 from .engine.settings import Settings
 from .engine.storage import open_store
-from .engine.subscriptions import SyncHub
-from .runner.service import Fleet
+from .fleet import Fleet
 from .web.console import Console
 
 log = structlog.get_logger("corral.node")

@@ -53,8 +53,8 @@ def runner(server: str, key: str, listen: str, labels: tuple[str, ...], capacity
       export CORRAL_RUNNER_KEY=$(corral api-key create --name builder-1 --kind runner)
       corral runner --server http://127.0.0.1:3210 --listen 127.0.0.1:3211 --label gpu --capacity 20
     """
+    from corral.fleet import ProviderUnavailable
     from corral.listen import ListenError
-    from corral.runner.fleet import ProviderUnavailable
     from corral.runner.standalone import RunnerOptions, run
 
     from . import logs

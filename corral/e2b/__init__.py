@@ -21,8 +21,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..engine.identity import Authenticator
-from ..runner.fleet import SandboxFleet, SandboxRecord
+from ..engine.auth import Authenticator
+from ..fleet import SandboxFleet, SandboxRecord
 from .envd import EnvdApi, EnvdOptions
 from .files_http import FilesHttp
 from .filesystem_service import Watchers

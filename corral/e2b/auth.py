@@ -13,8 +13,8 @@ import re
 
 from starlette.requests import Request
 
+from ..engine.auth import Authenticator
 from ..engine.errors import CorralError
-from ..engine.identity import Authenticator
 from .connect import invalid
 from .shapes import ApiError
 

@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..runner.fleet import InvalidAccessToken, SandboxFleet, SandboxUnavailable
+from ..fleet import InvalidAccessToken, SandboxFleet, SandboxUnavailable
 from ..sandbox.protocol import (
     DiskFull,
     FileExists,

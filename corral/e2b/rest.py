@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..engine.identity import Authenticator
-from ..runner.fleet import ProviderUnavailable, SandboxFleet, SandboxRecord, SandboxUnavailable
+from ..engine.auth import Authenticator
+from ..fleet import ProviderUnavailable, SandboxFleet, SandboxRecord, SandboxUnavailable
 from ..sandbox.protocol import (
     CapacityError,
     InvalidSpec,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ..runner.fleet import CreateRequest, ListQuery, RecordState, SandboxRecord
+from ..fleet import CreateRequest, ListQuery, RecordState, SandboxRecord
 from ..sandbox.protocol import Metrics
 
 # The envd version Corral's data plane speaks: the SDK switches features on it (stdin 0.3.0,

@@ -15,8 +15,8 @@ import orjson
 
 from ..engine.auth import Caller, MachineKey
 from ..engine.errors import ConvexError, FunctionError
+from ..engine.live import ClientState, Subscription, SyncHub
 from ..engine.runtime import Engine
-from ..engine.subscriptions import ClientState, Subscription, SyncHub
 from ..engine.values import decode, encode
 
 

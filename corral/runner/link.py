@@ -21,3 +21,11 @@ class RunnerLink(Protocol):
 
     async def metrics(self, sandbox_id: str, start: float | None, end: float | None) -> list[Metrics]:
         """The sandbox's usage samples from `start` to `end` (unix seconds), oldest first."""
+
+
+class SandboxUnavailable(Exception):
+    """The sandbox's runner is gone or not answering; the sandbox may come back when it does."""
+
+
+class ProviderUnavailable(SandboxUnavailable):
+    """No runner can host sandboxes: the configured provider cannot work here (the message says how to fix it)."""

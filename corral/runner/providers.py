@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..sandbox.protocol import Provider
-from .fleet import ProviderUnavailable
+from .link import ProviderUnavailable
 
 PROVIDERS = ("local", "host")
 

@@ -17,9 +17,8 @@ import uvicorn
 from starlette.applications import Starlette
 
 from corral.e2b import E2bApi, E2bOptions
-from corral.engine.auth import Caller, MachineKey
+from corral.engine.auth import Authenticator, Caller, MachineKey
 from corral.engine.errors import Unauthenticated
-from corral.engine.identity import Authenticator
 
 from ..conftest import free_port
 from ..interop.e2b_target import E2bTarget

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
-from corral.runner.fleet import CreateRequest, InvalidAccessToken, ListQuery, Page, SandboxRecord
+from corral.fleet import CreateRequest, InvalidAccessToken, ListQuery, Page, SandboxRecord
 from corral.sandbox.protocol import (
     HOME,
     Data,

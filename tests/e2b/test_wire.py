@@ -13,7 +13,7 @@ import pytest
 
 from corral.e2b import E2bOptions, connect
 from corral.e2b.signing import signature
-from corral.runner.fleet import SandboxUnavailable
+from corral.fleet import SandboxUnavailable
 
 from .conftest import Served
 

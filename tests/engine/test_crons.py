@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from corral.engine.clock import Clock
-from corral.engine.crons import CronExpression, Crons
 from corral.engine.errors import SchemaError
+from corral.engine.scheduling import CronExpression, Crons
 
 from ..conftest import ROOT, make_settings
 from .served import ServedNode, served, wait_until
@@ -222,8 +222,8 @@ def test_with_two_nodes_each_tick_runs_once(live_node_factory, postgres_url):
 
 def test_crons_of_corral_s_own_package_are_found_like_those_of_a_functions_folder():
     """Corral's own crons (corral/app/crons.py) are loaded from an importable package, not a folder."""
-    from corral.engine.crons import load_crons
     from corral.engine.functions import Registry
+    from corral.engine.scheduling import load_crons
 
     registry = Registry()
     registry.load_package("tests.fixtures.crons", "tests/fixtures/crons")

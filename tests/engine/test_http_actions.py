@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from corral.engine.errors import SchemaError
-from corral.engine.http_actions import HttpRouter
+from corral.engine.http import HttpRouter
 
 from ..conftest import ROOT, make_settings
 from .served import ServedNode, served, wait_until

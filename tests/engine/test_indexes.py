@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from corral.engine import keys
 from corral.engine.auth import Caller
 from corral.engine.storage.base import key_column
+from corral.engine.values import index_keys as keys
 
 
 def plan(node, room_id: str) -> str:  # type: ignore[no-untyped-def]

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from corral.engine.auth import Caller
-from corral.runner.fleet import CreateRequest, SandboxRecord
-from corral.runner.service import Fleet
+from corral.fleet import CreateRequest, Fleet, SandboxRecord
 from corral.sandbox.protocol import Data, End, ProcessConfig, Sandbox
 
 from ..conftest import free_port

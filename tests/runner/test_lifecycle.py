@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from corral.engine.clock import Clock
-from corral.runner.fleet import InvalidAccessToken, ListQuery, ProviderUnavailable
+from corral.fleet import InvalidAccessToken, ListQuery, ProviderUnavailable
 from corral.sandbox.host import HostProvider
 from corral.sandbox.protocol import (
     CapacityError,

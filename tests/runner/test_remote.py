@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from corral.runner.fleet import CreateRequest, SandboxUnavailable
+from corral.fleet import CreateRequest, SandboxUnavailable
 from corral.sandbox.protocol import CapacityError, FileNotFound
 
 from ..engine.served import wait_until

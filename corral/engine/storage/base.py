@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 
 from ..errors import SchemaError
-from ..readsets import WriteSet
 from ..schema import Schema, TableDef
+from ..values import WriteSet
 
 CommitListener = Callable[[int, WriteSet], None]
 
@@ -225,8 +225,8 @@ class Store:
 
     def _sync_schema(self, conn: StoreConn, schema: Schema) -> None:
         """Bring the database to the schema: add tables and indexes, refuse violations."""
-        from .. import keys as keymod
         from ..values import decode, encode
+        from ..values import index_keys as keymod
 
         existing = self._existing_tables(conn)
         p = self.dialect.param
@@ -275,7 +275,7 @@ class Store:
 
 def _check_documents(tdef: TableDef, rows: list[Any]) -> list[tuple[str, float, dict[str, Any]]]:
     """Refuse a schema that existing documents violate; return the documents that gain defaults."""
-    from ..validators import ValidationFailure
+    from ..schema import ValidationFailure
     from ..values import decode
 
     problems = []

@@ -24,8 +24,8 @@ from psycopg import errors as pg_errors
 
 from ..clock import Clock
 from ..errors import ConfigError, SerializationConflict
-from ..readsets import WriteSet
 from ..schema import Schema
+from ..values import WriteSet
 from .base import Dialect, Store, StoreConn, WriteJob, WriteOutcome
 
 log = structlog.get_logger("corral.storage")

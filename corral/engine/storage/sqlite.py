@@ -15,8 +15,8 @@ from typing import Any
 import structlog
 
 from ..clock import Clock
-from ..readsets import WriteSet
 from ..schema import Schema
+from ..values import WriteSet
 from .base import Dialect, Store, StoreConn, WriteJob, WriteOutcome
 
 log = structlog.get_logger("corral.storage")
