@@ -11,27 +11,17 @@ import asyncio
 import json
 import re
 import shlex
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from corral.engine.errors import ConfigError, CorralError
-from corral.engine.settings import Settings
-
-from .locate import Target, locate
-
-DATA_DIR_HELP = "Data directory of the deployment. Default: $XDG_DATA_HOME/corral, or $CORRAL_DATA_DIR."
-URL_HELP = "The node to go through. Default: the node recorded in the data directory, if it runs."
-DATABASE_HELP = "Open this database directly instead of going through a node."
-ADMIN_KEY_HELP = "The admin key, for --url to a node whose data directory is elsewhere. Default: $CORRAL_ADMIN_KEY or the data directory's key."
+from .deployment import Deployment, call_function, location_options, on_store
+from .output import format_time, print_table
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def parse_duration(text: str) -> float:
@@ -49,101 +39,12 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def _location_options(fn: F) -> F:
-    fn = click.option("--admin-key", "admin_key", envvar="CORRAL_ADMIN_KEY", default=None, help=ADMIN_KEY_HELP)(fn)
-    fn = click.option("--database", default=None, metavar="URL", help=DATABASE_HELP)(fn)
-    fn = click.option("--url", default=None, help=URL_HELP)(fn)
-    fn = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=DATA_DIR_HELP)(fn)
-    return fn
 
 
-class Deployment:
-    """Where a command acts: a running node over HTTP, or the store opened directly."""
-
-    def __init__(self, data_dir: Path | None, url: str | None, database: str | None, admin_key: str | None) -> None:
-        try:
-            self.settings = Settings.load({"data_dir": data_dir, "database_url": database})
-        except ConfigError as exc:
-            raise click.ClickException(exc.message) from None
-        self.settings.data_dir = Path(self.settings.data_dir).absolute()  # printed in hints: valid from anywhere
-        self.target: Target = locate(self.settings.data_dir, url, database)
-        if admin_key:
-            self.target.admin_key = admin_key.strip()
-
-    # -- through a node
-    def call(self, method: str, route: str, body: dict[str, Any] | None = None) -> Any:
-        import httpx
-
-        url = self.target.url
-        assert url is not None
-        if not self.target.admin_key:
-            raise click.ClickException(f"no admin key for {url}: pass --admin-key or set CORRAL_ADMIN_KEY "
-                                       "(`corral admin-key` prints it where the node's data lives)")
-        try:
-            response = httpx.request(method, url + route, json=body,
-                                     headers={"Authorization": f"Convex {self.target.admin_key}"}, timeout=60)
-        except httpx.HTTPError as exc:
-            raise click.ClickException(f"cannot reach {url}: {exc}") from None
-        try:
-            payload = response.json()
-        except ValueError:
-            raise click.ClickException(f"{url}{route} answered HTTP {response.status_code}: {response.text[:200]}") from None
-        if response.status_code != 200:
-            message = payload.get("message") if isinstance(payload, dict) else None
-            if response.status_code == 404:
-                message = f"{url} does not serve {route}: is it a Corral node with auth?"
-            raise click.ClickException(message or f"{url}{route} answered HTTP {response.status_code}")
-        return payload
-
-    # -- on the store
-    def open_node(self) -> Any:
-        from corral.node import Node
-
-        if not self.target.database and not Path(self.settings.data_dir).exists():
-            raise click.ClickException(f"no node is running for {self.settings.data_dir} and it holds no data; start one "
-                                       f"with `corral serve --data-dir {self.settings.data_dir}`, or pass --url")
-        try:
-            node = Node(self.settings)
-            node.start(serving=False)
-        except CorralError as exc:
-            raise click.ClickException(exc.message) from None
-        return node
 
 
-def call_function(deployment: Deployment, path: str, args: dict[str, Any]) -> Any:
-    """Run a function (internal ones too) as the admin: through the node, or on the store when none runs."""
-    if deployment.target.url:
-        result = deployment.call("POST", "/api/function", {"path": path, "args": args, "format": "json"})
-        if result.get("status") == "error":
-            data = result.get("errorData")
-            message = data.get("message") if isinstance(data, dict) else None
-            raise click.ClickException(str(message or result.get("errorMessage", "error")))
-        return result.get("value")
-
-    def work(node: Any) -> Any:
-        from corral.engine.auth import Caller
-        from corral.engine.errors import ConvexError
-        from corral.engine.values import decode, encode_clean
-
-        spec = node.registry.get(path)
-        try:
-            value, _ts = asyncio.run(node.engine.call(spec.kind, path, decode(args), Caller.admin()))
-        except ConvexError as exc:
-            data = exc.data if isinstance(exc.data, dict) else {}
-            raise click.ClickException(str(data.get("message", exc.message))) from None
-        return encode_clean(value)
-
-    return _direct(deployment, work)
 
 
-def _direct(deployment: Deployment, work: Callable[[Any], Any]) -> Any:
-    node = deployment.open_node()
-    try:
-        return work(node)
-    except CorralError as exc:
-        raise click.ClickException(exc.message) from None
-    finally:
-        node.stop()
 
 
 # -- corral token ----------------------------------------------------------------------------------
@@ -179,7 +80,7 @@ def _claims(pairs: tuple[str, ...]) -> dict[str, Any]:
               help="Lifetime: 90s, 15m, 1h, 7d… Default: the auth_token_ttl setting (1h).")
 @click.option("--claim", "claim_pairs", multiple=True, metavar="NAME=VALUE",
               help="An extra claim; VALUE is JSON if it parses as JSON, else a string. Repeatable.")
-@_location_options
+@location_options
 def mint(subject: str, name: str | None, email: str | None, ttl: str | None, claim_pairs: tuple[str, ...],
          data_dir: Path | None, url: str | None, database: str | None, admin_key: str | None) -> None:
     """Print a signed user token (a JWT) for the user --subject names, and nothing else.
@@ -207,7 +108,7 @@ def mint(subject: str, name: str | None, email: str | None, ttl: str | None, cla
     def work(node: Any) -> str:
         return str(node.auth.mint(subject, ttl=lifetime, name=name, email=email, claims=claims or None)[0])
 
-    click.echo(_direct(deployment, work))
+    click.echo(on_store(deployment, work))
 
 
 # -- corral api-key --------------------------------------------------------------------------------
@@ -229,7 +130,7 @@ def api_key() -> None:
 @click.option("--name", required=True, help="What the key is for; unique among active keys.")
 @click.option("--kind", type=click.Choice(["client", "runner"]), default="client", show_default=True,
               help="client: calls functions as itself. runner: only registers a runner and reports.")
-@_location_options
+@location_options
 def create(name: str, kind: str, data_dir: Path | None, url: str | None, database: str | None, admin_key: str | None) -> None:
     """Create an API key and print it, and nothing else: it is shown only this once.
 
@@ -250,29 +151,19 @@ def create(name: str, kind: str, data_dir: Path | None, url: str | None, databas
             made_secret, made = asyncio.run(node.auth.api_keys.create(name, kind))
             return made_secret, made.public()
 
-        secret, record = _direct(deployment, work)
+        secret, record = on_store(deployment, work)
     click.echo(secret)
     click.echo(f"Created {record['kind']} key {record['name']!r} (id {record['id']}). Store it now: it is not shown again.",
                err=True)
 
 
-def format_time(ms: float | None) -> str:
-    """A time in milliseconds, in UTC, for tables; "-" for none."""
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def print_table(rows: Sequence[Sequence[str]]) -> None:
-    """Rows (the first one the header) as left-aligned columns two spaces apart."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 @api_key.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
-@_location_options
+@location_options
 def list_keys(as_json: bool, data_dir: Path | None, url: str | None, database: str | None, admin_key: str | None) -> None:
     """List API keys (never the keys themselves: their id, name, kind and a hint).
 
@@ -285,7 +176,7 @@ def list_keys(as_json: bool, data_dir: Path | None, url: str | None, database: s
     if deployment.target.url:
         keys = deployment.call("GET", "/api/auth/api_keys")["keys"]
     else:
-        keys = _direct(deployment, lambda node: [r.public() for r in asyncio.run(node.auth.api_keys.list())])
+        keys = on_store(deployment, lambda node: [r.public() for r in asyncio.run(node.auth.api_keys.list())])
     if as_json:
         click.echo(json.dumps(keys, indent=2))
         return
@@ -299,7 +190,7 @@ def list_keys(as_json: bool, data_dir: Path | None, url: str | None, database: s
 
 @api_key.command()
 @click.argument("key")
-@_location_options
+@location_options
 @click.option("--kill-sandboxes", is_flag=True, help="Also kill the key's running and paused sandboxes.")
 def revoke(key: str, kill_sandboxes: bool, data_dir: Path | None, url: str | None, database: str | None,
            admin_key: str | None) -> None:
@@ -322,7 +213,7 @@ def revoke(key: str, kill_sandboxes: bool, data_dir: Path | None, url: str | Non
             revoked, now = asyncio.run(node.auth.api_keys.revoke(key))
             return revoked.public(), not now
 
-        record, already = _direct(deployment, work)
+        record, already = on_store(deployment, work)
     if already:
         click.echo(f"The {record['kind']} key {record['name']!r} (id {record['id']}) was already revoked at {format_time(record['revoked'])}.")
     else:
@@ -345,12 +236,5 @@ def revoke(key: str, kill_sandboxes: bool, data_dir: Path | None, url: str | Non
                f"--kill-sandboxes; `corral sandbox list --owner {shlex.quote(owner)}` lists {them}).")
 
 
-def _register() -> None:
-    """Add `corral token` and `corral api-key` to the `corral` group (main.py imports this module)."""
-    from .main import main
-
-    main.add_command(token)
-    main.add_command(api_key)
 
 
-_register()

@@ -12,7 +12,8 @@ import click
 from corral.engine.errors import ConfigError
 from corral.engine.settings import Settings, default_data_dir
 
-from .auth_commands import Deployment, _location_options, call_function, format_time, print_table
+from .deployment import Deployment, call_function, location_options
+from .output import format_time, print_table
 
 RUNNER_DATA_DIR_HELP = "Where this runner keeps its sandboxes. Default: $XDG_DATA_HOME/corral/runner."
 
@@ -206,7 +207,7 @@ def sandbox() -> None:
 @click.option("--all", "show_all", is_flag=True, help="Also the killed and lost ones (running and paused only by default).")
 @click.option("--owner", default=None, metavar="IDENTITY", help="Only this owner's, e.g. 'api-key|3f9a1c2b7d4e' (quoted: `|` is a pipe to the shell).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
-@_location_options
+@location_options
 def sandbox_list(show_all: bool, owner: str | None, as_json: bool, data_dir: Path | None, url: str | None,
                  database: str | None, admin_key: str | None) -> None:
     """List the sandboxes of every owner, newest first.
@@ -234,7 +235,7 @@ def sandbox_list(show_all: bool, owner: str | None, as_json: bool, data_dir: Pat
 
 @sandbox.command("kill")
 @click.argument("sandbox_ids", nargs=-1, required=True, metavar="ID...")
-@_location_options
+@location_options
 def sandbox_kill(sandbox_ids: tuple[str, ...], data_dir: Path | None, url: str | None, database: str | None,
                  admin_key: str | None) -> None:
     """Kill sandboxes of any owner: every process, file and mount of each goes.
@@ -273,7 +274,7 @@ def e2b() -> None:
 
 @e2b.command("env")
 @click.option("--name", default=None, help="Name of the API key to create. Default: e2b-<random>.")
-@_location_options
+@location_options
 def e2b_env(name: str | None, data_dir: Path | None, url: str | None, database: str | None, admin_key: str | None) -> None:
     """Create an API key through the running node and print the E2B_* variables, as `export` lines.
 
@@ -311,14 +312,5 @@ def e2b_env(name: str | None, data_dir: Path | None, url: str | None, database: 
     click.echo(f"Created client key {created['name']!r} (id {created['id']}) for the e2b SDK.", err=True)
 
 
-def _register() -> None:
-    """Add `corral runner`, `corral template` and `corral e2b` to the `corral` group."""
-    from .main import main
-
-    main.add_command(runner)
-    main.add_command(template)
-    main.add_command(sandbox)
-    main.add_command(e2b)
 
 
-_register()
