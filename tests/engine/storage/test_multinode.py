@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from .sync_client import SyncClient
+from ..sync_client import SyncClient
 
 
 def test_a_subscriber_on_node_a_sees_a_mutation_made_on_node_b(live_node_factory, postgres_url):

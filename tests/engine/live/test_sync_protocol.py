@@ -6,7 +6,7 @@ import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from .sync_client import SyncClient, ts_of
+from ..sync_client import SyncClient, ts_of
 
 
 def make_room(client: SyncClient, name: str = "r") -> str:

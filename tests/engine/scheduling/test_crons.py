@@ -15,8 +15,8 @@ from corral.engine.clock import Clock
 from corral.engine.errors import SchemaError
 from corral.engine.scheduling import CronExpression, Crons
 
-from ..conftest import ROOT, make_settings
-from .served import ServedNode, served, wait_until
+from ...conftest import ROOT, make_settings
+from ..served import ServedNode, served, wait_until
 
 CRONS = ROOT / "tests" / "fixtures" / "crons"
 TICKER = ROOT / "tests" / "fixtures" / "ticker"

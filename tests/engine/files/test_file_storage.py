@@ -24,8 +24,8 @@ from corral.engine.auth import Caller
 from corral.engine.clock import Clock
 from corral.engine.errors import FunctionError
 
-from ..conftest import free_port
-from .sync_client import SyncClient
+from ...conftest import free_port
+from ..sync_client import SyncClient
 
 ANON = Caller.anonymous()
 MiB = 1 << 20
@@ -257,7 +257,7 @@ def test_an_action_cannot_store_more_than_the_limit(make_node):
 def test_leftovers_of_interrupted_uploads_are_removed_at_start_once_stale_by_the_engine_clock(tmp_path):
     from corral.node import Node
 
-    from ..conftest import make_settings
+    from ...conftest import make_settings
 
     data = tmp_path / "data"
     leftovers = data / "storage" / "tmp"

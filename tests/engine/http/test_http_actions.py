@@ -13,8 +13,8 @@ import pytest
 from corral.engine.errors import SchemaError
 from corral.engine.http import HttpRouter
 
-from ..conftest import ROOT, make_settings
-from .served import ServedNode, served, wait_until
+from ...conftest import ROOT, make_settings
+from ..served import ServedNode, served, wait_until
 
 SERVICES = ROOT / "tests" / "fixtures" / "services"
 

@@ -20,9 +20,9 @@ from corral.engine.auth import Caller, identity_from_claims
 from corral.engine.clock import Clock
 from corral.engine.errors import FunctionError
 
-from ..conftest import ROOT
-from .served import ADMIN, ServedNode, serve, served, wait_until
-from .sync_client import SyncClient
+from ...conftest import ROOT
+from ..served import ADMIN, ServedNode, serve, served, wait_until
+from ..sync_client import SyncClient
 
 SERVICES = ROOT / "tests" / "fixtures" / "services"
 

@@ -207,7 +207,7 @@ def test_keys_and_revocations_reach_every_node_on_one_postgres(tmp_path: Path, p
 
 
 def test_a_runner_key_may_call_only_the_functions_made_for_runners(tmp_path: Path) -> None:
-    services = Path(__file__).resolve().parent.parent / "fixtures" / "services"
+    services = Path(__file__).resolve().parents[2] / "fixtures" / "services"
     with serve_node(tmp_path / "data", functions=services) as node:
         runner = create(node, "builder-2", kind="runner")["key"]
         client = create(node, "sdk-2")["key"]
