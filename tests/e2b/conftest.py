@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 
 from corral.e2b import E2bApi, E2bOptions
 from corral.engine.auth import Authenticator, Caller, MachineKey
+from corral.engine.clock import Clock
 from corral.engine.errors import Unauthenticated
 
 from ..conftest import free_port
@@ -33,6 +34,8 @@ class Served:
     revoked_key: str
     fleet: FakeFleet
     loop: asyncio.AbstractEventLoop
+    api: E2bApi
+    clock: Clock  # what the E2B planes and the fake fleet read as now: tests advance it
 
     @property
     def api_url(self) -> str:
@@ -60,9 +63,11 @@ def _authenticator(keys: dict[str, str], revoked: set[str]) -> Authenticator:
 @pytest.fixture
 def served_e2b(tmp_path: Path) -> Iterator[Served]:
     key, other, revoked = ("e2b_" + secrets.token_hex(20) for _ in range(3))
-    fleet = FakeFleet(tmp_path / "sandboxes", disk_bytes=4 << 20)
+    clock = Clock()
+    fleet = FakeFleet(tmp_path / "sandboxes", clock=clock.time, disk_bytes=4 << 20)
     api = E2bApi(fleet, _authenticator({key: "k1", other: "k2"}, {revoked}),
-                 E2bOptions(max_timeout=3600, max_upload_bytes=2 << 20, max_message=1 << 20, keepalive_floor=0.05))
+                 E2bOptions(max_timeout=3600, max_upload_bytes=2 << 20, max_message=1 << 20, keepalive_floor=0.05),
+                 clock=clock.time)
     app = Starlette(routes=api.routes(), middleware=api.middleware())
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
@@ -85,7 +90,7 @@ def served_e2b(tmp_path: Path) -> Iterator[Served]:
             httpx.get(url + "/envd/health", timeout=1)
             break
         time.sleep(0.02)
-    yield Served(url, key, other, revoked, fleet, loops[0])
+    yield Served(url, key, other, revoked, fleet, loops[0], api, clock)
     server.should_exit = True
     thread.join(20)
 
