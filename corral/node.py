@@ -69,7 +69,7 @@ class Node:
         self.settings = settings
         self.clock = clock or Clock()
         self.registry = Registry()
-        self.registry.load_package("corral.app", "corral/app")
+        self.registry.load_package("corral.app", "corral/app", namespace="corral")
         if settings.functions_dir is not None:
             self.registry.load_folder(Path(settings.functions_dir))
         store = open_store(settings.database_url, settings.sqlite_path, clock=self.clock,

@@ -5,13 +5,13 @@ from typing import Literal, TypedDict
 from corral import Id, Table, index
 
 
-class Workspace(Table, name="workspaces"):
+class Workspace(Table, name="corral_workspaces"):
     name: str
     owner_id: str
     indexes = [index("by_owner", "owner_id")]
 
 
-class WorkspaceMember(Table, name="workspace_members"):
+class WorkspaceMember(Table, name="corral_workspace_members"):
     workspace_id: Id[Workspace]
     user_id: str
     role: Literal["owner", "admin", "member"]
@@ -31,7 +31,7 @@ class SandboxLimits(TypedDict):
     pids: int
 
 
-class Sandbox(Table, name="sandboxes"):
+class Sandbox(Table, name="corral_sandboxes"):
     """One sandbox: the engine's word on its state, which its runner converges to."""
 
     sandbox_id: str  # the public id (lowercase alphanumeric)
@@ -66,7 +66,7 @@ class Sandbox(Table, name="sandboxes"):
     ]
 
 
-class Runner(Table, name="runners"):
+class Runner(Table, name="corral_runners"):
     """An execution-plane host: the node's own embedded runner or a `corral runner` elsewhere."""
 
     name: str
@@ -82,7 +82,7 @@ class Runner(Table, name="runners"):
     indexes = [index("by_name", "name"), index("by_state_heartbeat", "state", "last_heartbeat")]
 
 
-class SandboxPolicy(Table, name="sandbox_policy"):
+class SandboxPolicy(Table, name="corral_sandbox_policy"):
     """Durations the lifecycle crons follow, written from Settings by each node at start (ms)."""
 
     idle_timeout: float  # 0: never pause for idleness

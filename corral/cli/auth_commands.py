@@ -219,12 +219,12 @@ def revoke(key: str, kill_sandboxes: bool, data_dir: Path | None, url: str | Non
     else:
         click.echo(f"Revoked the {record['kind']} key {record['name']!r} (id {record['id']}).")
     owner = f"api-key|{record['id']}"
-    sandboxes = call_function(deployment, "sandboxes:admin_list", {"owner": owner})
+    sandboxes = call_function(deployment, "corral/sandboxes:admin_list", {"owner": owner})
     if not sandboxes:
         return
     if kill_sandboxes:
         for doc in sandboxes:
-            call_function(deployment, "sandboxes:admin_kill", {"sandbox_id": doc["sandbox_id"]})
+            call_function(deployment, "corral/sandboxes:admin_kill", {"sandbox_id": doc["sandbox_id"]})
         click.echo(f"Killed its {len(sandboxes)} running or paused sandbox{'es' if len(sandboxes) != 1 else ''}.")
         return
     ids = " ".join(doc["sandbox_id"] for doc in sandboxes)

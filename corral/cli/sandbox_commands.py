@@ -221,7 +221,7 @@ def sandbox_list(show_all: bool, owner: str | None, as_json: bool, data_dir: Pat
 
     states = ["running", "paused", "lost", "killed"] if show_all else ["running", "paused"]
     deployment = Deployment(data_dir, url, database, admin_key)
-    found = call_function(deployment, "sandboxes:admin_list", {"states": states, "owner": owner})
+    found = call_function(deployment, "corral/sandboxes:admin_list", {"states": states, "owner": owner})
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
@@ -248,7 +248,7 @@ def sandbox_kill(sandbox_ids: tuple[str, ...], data_dir: Path | None, url: str |
     failed = False
     for sandbox_id in sandbox_ids:
         try:
-            killed = call_function(deployment, "sandboxes:admin_kill", {"sandbox_id": sandbox_id})
+            killed = call_function(deployment, "corral/sandboxes:admin_kill", {"sandbox_id": sandbox_id})
         except click.ClickException as exc:
             click.echo(f"corral sandbox kill: {exc.message}", err=True)
             failed = True

@@ -2,7 +2,7 @@
 
 Every decision is written to the engine first (`sandboxes:*` internal functions, which bump the
 sandbox's generation) and then applied on the runner directly, for latency; the runner's own
-`runners:work` subscription applies the same decision if the direct call is lost, and applies
+`corral/runners:work` subscription applies the same decision if the direct call is lost, and applies
 the decisions of crons (timeouts, idleness, retention). Data-plane calls are routed to the runner
 holding the sandbox: in process for the node's embedded runner, over HTTP for the others.
 """
@@ -122,7 +122,7 @@ class Fleet:
         """Write the lifecycle policy, start the embedded runner (adopting what it held), start recording activity."""
         s = self.settings
         self.loop = asyncio.get_running_loop()
-        await self._mutation("sandboxes:configure", {"idle_timeout": s.sandbox_idle_timeout * 1000.0,
+        await self._mutation("corral/sandboxes:configure", {"idle_timeout": s.sandbox_idle_timeout * 1000.0,
                                                      "retention": s.sandbox_retention * 1000.0,
                                                      "runner_lease": s.runner_lease * 1000.0})
         if self._embedded_enabled:
@@ -188,7 +188,7 @@ class Fleet:
             raise
 
     async def _write_activity(self, sandbox_ids: list[str], at: float) -> None:
-        await self._mutation("sandboxes:record_activity", {"sandbox_ids": sandbox_ids, "at": at})
+        await self._mutation("corral/sandboxes:record_activity", {"sandbox_ids": sandbox_ids, "at": at})
 
     # -- runners --------------------------------------------------------------------------------
     def _link(self, runner: dict[str, Any] | None) -> RunnerLink:
@@ -210,7 +210,7 @@ class Fleet:
         return link
 
     async def _route(self, sandbox_id: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        found = await self._query("sandboxes:route", {"sandbox_id": sandbox_id})
+        found = await self._query("corral/sandboxes:route", {"sandbox_id": sandbox_id})
         if found is None:
             raise _not_found(sandbox_id)
         return found["sandbox"], found["runner"]
@@ -254,7 +254,7 @@ class Fleet:
         tried: list[str] = []
         last_error: Exception | None = None
         for _ in range(PLACEMENT_ATTEMPTS):
-            runner = await self._query("runners:place", {"labels": list(request.runner_labels), "exclude": tried,
+            runner = await self._query("corral/runners:place", {"labels": list(request.runner_labels), "exclude": tried,
                                                          "template": request.template})
             if runner is None:
                 break
@@ -277,7 +277,7 @@ class Fleet:
 
     async def _check_template(self, template: str, error: Exception | None) -> None:
         """TemplateNotFound, saying which templates exist and where, when no up runner has `template`."""
-        where: dict[str, list[str]] = await self._query("runners:templates", {})
+        where: dict[str, list[str]] = await self._query("corral/runners:templates", {})
         if template in where and error is None:
             return
         known = "; ".join(f"{name} (on {', '.join(sorted(runners))})" for name, runners in sorted(where.items()))
@@ -291,7 +291,7 @@ class Fleet:
                               timeout: float) -> SandboxRecord:
         now = self.clock.time()
         try:
-            doc = await self._mutation("sandboxes:record", {
+            doc = await self._mutation("corral/sandboxes:record", {
                 "sandbox_id": spec.sandbox_id, "owner": owner, "template": spec.template, "runner": runner["name"],
                 "end_at": (now + timeout) * 1000.0, "timeout": timeout * 1000.0, "on_timeout": request.on_timeout,
                 "auto_resume": request.auto_resume, "metadata": dict(request.metadata), "limits": asdict(spec.limits),
@@ -311,7 +311,7 @@ class Fleet:
         doc, runner = await self._owned(owner, sandbox_id)
         if doc["state"] == "killed":
             raise _not_found(sandbox_id)
-        doc = await self._mutation("sandboxes:transition", {"sandbox_id": sandbox_id, "to": "killed"})
+        doc = await self._mutation("corral/sandboxes:transition", {"sandbox_id": sandbox_id, "to": "killed"})
         self.activity.forget(sandbox_id)
         await self._converge(doc, runner, strict=False)
 
@@ -320,7 +320,7 @@ class Fleet:
         self._check_reachable(doc, runner)
         if doc["state"] == "paused":
             raise SandboxStateError(f"sandbox {sandbox_id} is already paused")
-        doc = await self._mutation("sandboxes:transition", {"sandbox_id": sandbox_id, "to": "paused", "expect": ["running"],
+        doc = await self._mutation("corral/sandboxes:transition", {"sandbox_id": sandbox_id, "to": "paused", "expect": ["running"],
                                                             "paused_reason": "request"})
         await self._converge(doc, runner, strict=True)
 
@@ -338,7 +338,7 @@ class Fleet:
         if doc["state"] == "paused":
             return _record(await self._resume(doc, runner, timeout)), True
         end_at = (self.clock.time() + timeout) * 1000.0
-        doc = await self._mutation("sandboxes:set_end", {"sandbox_id": sandbox_id, "end_at": end_at,
+        doc = await self._mutation("corral/sandboxes:set_end", {"sandbox_id": sandbox_id, "end_at": end_at,
                                                          "timeout": timeout * 1000.0, "extend_only": True})
         return _record(doc), False
 
@@ -349,7 +349,7 @@ class Fleet:
         if timeout is not None:
             args.update(end_at=(self.clock.time() + timeout) * 1000.0, timeout=timeout * 1000.0)
         try:
-            doc = await self._mutation("sandboxes:transition", args)
+            doc = await self._mutation("corral/sandboxes:transition", args)
         except SandboxStateError:
             doc, runner = await self._route(sandbox_id)  # resumed meanwhile (by another request)
             if doc["state"] != "running":
@@ -368,10 +368,10 @@ class Fleet:
             args: dict[str, Any] = {"sandbox_id": sandbox_id, "to": to, "end_at": self.clock.time() * 1000.0}
             if to == "paused":
                 args["paused_reason"] = "timeout"
-            doc = await self._mutation("sandboxes:transition", args)
+            doc = await self._mutation("corral/sandboxes:transition", args)
             await self._converge(doc, runner, strict=False)
             return
-        await self._mutation("sandboxes:set_end", {"sandbox_id": sandbox_id, "end_at": (self.clock.time() + timeout) * 1000.0,
+        await self._mutation("corral/sandboxes:set_end", {"sandbox_id": sandbox_id, "end_at": (self.clock.time() + timeout) * 1000.0,
                                                    "timeout": (timeout or doc["timeout"] / 1000.0) * 1000.0})
 
     async def metrics(self, owner: str, sandbox_id: str, start: float | None, end: float | None) -> list[Metrics]:
@@ -409,18 +409,18 @@ class Fleet:
         return bool(doc["state"] == "running")
 
     async def touch(self, sandbox_id: str) -> None:
-        await self._mutation("sandboxes:record_activity", {"sandbox_ids": [sandbox_id], "at": self.clock.now_ms()})
+        await self._mutation("corral/sandboxes:record_activity", {"sandbox_ids": [sandbox_id], "at": self.clock.now_ms()})
 
     def seen(self, sandbox_id: str) -> None:
         self.activity.seen(sandbox_id)
 
     async def access_tokens(self) -> list[tuple[str, str]]:
-        return [(sid, token) for sid, token in await self._query("sandboxes:access_tokens", {})]
+        return [(sid, token) for sid, token in await self._query("corral/sandboxes:access_tokens", {})]
 
     # Last in the class: the name `list` would shadow the builtin in the annotations above.
     async def list(self, owner: str, query: ListQuery) -> Page:
         limit = max(1, min(int(query.limit), 1000))
-        found = await self._query("sandboxes:page", {
+        found = await self._query("corral/sandboxes:page", {
             "owner": owner, "states": list(query.states), "limit": limit, "order": query.order,
             "metadata": dict(query.metadata), "cursor": query.next_token,
             "started_after": None if query.started_after is None else query.started_after * 1000.0,

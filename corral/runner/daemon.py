@@ -9,7 +9,7 @@ on another host (through `ConvexControl`):
    had marked lost;
 3. heartbeat every `heartbeat_interval` (a lost runner reconciles again when it comes back), and
    sample the usage of its running sandboxes every `metrics_interval` (E2B's metrics history);
-4. subscribe to `runners:work` and converge each sandbox to the state the engine decided,
+4. subscribe to `corral/runners:work` and converge each sandbox to the state the engine decided,
    confirming kills so that they leave the work list.
 """
 
@@ -75,7 +75,7 @@ class RunnerDaemon:
 
     async def register(self) -> None:
         r = self.registration
-        answer = await self.control.mutation("runners:register", {"name": r.name, "url": r.url, "secret": r.secret,
+        answer = await self.control.mutation("corral/runners:register", {"name": r.name, "url": r.url, "secret": r.secret,
                                                                    "capacity": r.capacity, "labels": r.labels,
                                                                    "templates": self._templates()})
         self.lease = float(answer["lease"]) if isinstance(answer, dict) and answer.get("lease") else None
@@ -93,7 +93,7 @@ class RunnerDaemon:
     async def reconcile(self) -> list[str]:
         """Report what this runner holds; kill what the engine no longer knows."""
         held = await self.executor.held()
-        answer = await self.control.mutation("runners:reconcile", {"name": self.name, "held": [h.report() for h in held]})
+        answer = await self.control.mutation("corral/runners:reconcile", {"name": self.name, "held": [h.report() for h in held]})
         kill = [sandbox_id for sandbox_id in answer if sandbox_id not in self.executor.fresh]
         for sandbox_id in kill:
             await self.executor.kill(sandbox_id)
@@ -117,7 +117,7 @@ class RunnerDaemon:
 
     async def heartbeat(self) -> None:
         try:
-            answer = await self.control.mutation("runners:heartbeat", {"name": self.name, "templates": self._templates()})
+            answer = await self.control.mutation("corral/runners:heartbeat", {"name": self.name, "templates": self._templates()})
         except ControlError as exc:
             if exc.code != "RunnerNotRegistered":
                 raise
@@ -133,7 +133,7 @@ class RunnerDaemon:
     async def _work_loop(self) -> None:
         while True:
             try:
-                async for work in self.control.subscribe("runners:work", {"name": self.name}):
+                async for work in self.control.subscribe("corral/runners:work", {"name": self.name}):
                     await self.apply(work)
                     self._first_work.set()
             except asyncio.CancelledError:
@@ -153,13 +153,13 @@ class RunnerDaemon:
         try:
             info = await self.executor.converge(sandbox_id, state, generation)
             if state == "killed":
-                await self.control.mutation("runners:confirm", {"name": self.name, "sandbox_id": sandbox_id,
+                await self.control.mutation("corral/runners:confirm", {"name": self.name, "sandbox_id": sandbox_id,
                                                                 "generation": generation})
             elif info is None and state in ("running", "paused"):
                 log.warning("runner.sandbox_vanished", runner=self.name, sandbox=sandbox_id)
-                await self.control.mutation("runners:gone", {"name": self.name, "sandbox_id": sandbox_id})
+                await self.control.mutation("corral/runners:gone", {"name": self.name, "sandbox_id": sandbox_id})
             elif info is not None and not info.memory_kept:
-                await self.control.mutation("runners:confirm", {"name": self.name, "sandbox_id": sandbox_id,
+                await self.control.mutation("corral/runners:confirm", {"name": self.name, "sandbox_id": sandbox_id,
                                                                 "generation": generation, "memory_kept": False})
         except asyncio.CancelledError:
             raise
@@ -171,7 +171,7 @@ class RunnerDaemon:
         lost). Its sandboxes stay on this host; registering again brings them back."""
         await self.stop()
         try:
-            await asyncio.wait_for(self.control.mutation("runners:leave", {"name": self.name}), timeout)
+            await asyncio.wait_for(self.control.mutation("corral/runners:leave", {"name": self.name}), timeout)
             log.info("runner.left", runner=self.name)
         except Exception as exc:  # noqa: BLE001 - unreachable engine: the lease will say lost instead
             log.warning("runner.leave_failed", runner=self.name, error=str(exc) or type(exc).__name__)

@@ -2,7 +2,7 @@
 
 The engine decides a sandbox's state and numbers each decision (its generation); the executor
 applies each generation once, whether it arrives by a direct call from a node (a client asked:
-latency matters) or through the runner's `runners:work` subscription (a cron decided), in
+latency matters) or through the runner's `corral/runners:work` subscription (a cron decided), in
 whichever order they come. A decision older than one already applied is ignored.
 """
 

@@ -2,7 +2,7 @@
 
 It serves its data plane (corral/runner/wire.py) on `listen`, registers with the node at
 `server` using a runner key, and from then on is the same daemon as the node's embedded runner:
-heartbeats, follows `runners:work`, reconciles when it comes back. Its sandboxes outlive it; the
+heartbeats, follows `corral/runners:work`, reconciles when it comes back. Its sandboxes outlive it; the
 next start on the same data directory adopts them.
 """
 

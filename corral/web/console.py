@@ -100,7 +100,7 @@ class Console:
         else:
             hidden = (f'<p class="note">Hidden: this node listens on {esc(engine.settings.host)}, beyond loopback, and '
                       "this page has no login. Run <code>corral sandbox list</code> on the node's host, or "
-                      "<code>corral run runners:list_all</code>.</p>")
+                      "<code>corral run corral/runners:list_all</code>.</p>")
             sandboxes, runners = hidden, hidden
             admin = "admin key: corral admin-key (on the node's host)"
             e2b_env = 'eval "$(corral e2b env)"          # on the node\'s host'
@@ -111,7 +111,7 @@ class Console:
         return HTMLResponse(body)
 
     async def _sandboxes(self) -> str:
-        found = await self._internal("sandboxes:overview", {})
+        found = await self._internal("corral/sandboxes:overview", {})
         if found is None:
             return ""
         now = time.time()
@@ -143,7 +143,7 @@ class Console:
         return "\n".join(parts)
 
     async def _runners(self) -> str:
-        found = await self._internal("runners:list_all", {})
+        found = await self._internal("corral/runners:list_all", {})
         if found is None:
             return ""
         if not found:

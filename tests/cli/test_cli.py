@@ -113,10 +113,10 @@ def test_a_path_without_a_function_name_says_how_paths_look(chat_node):
 def test_serve_refuses_a_schema_that_does_not_load_with_a_report(tmp_path):
     app = tmp_path / "app"
     app.mkdir()
-    (app / "schema.py").write_text("from corral import Table\nclass W(Table, name='workspaces'):\n    x: str\n")
+    (app / "schema.py").write_text("from corral import Table\nclass W(Table, name='corral_workspaces'):\n    x: str\n")
     result = corral("serve", "--port", str(free_port()), "--data-dir", str(tmp_path / "d"), "--functions", str(app))
     assert result.returncode == 2
-    assert "cannot start" in result.stderr and "workspaces" in result.stderr
+    assert "cannot start" in result.stderr and "'corral_workspaces'" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -179,7 +179,7 @@ def test_commands_open_a_postgres_store_directly_beside_a_node_serving_it(tmp_pa
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert "Corral is running at" in proc.stdout.readline()  # type: ignore[union-attr]
-        direct = corral("run", "--data-dir", str(data), "--database", postgres_url, "sandboxes:list")
+        direct = corral("run", "--data-dir", str(data), "--database", postgres_url, "corral/sandboxes:list")
         assert direct.returncode == 0, direct.stderr  # documented: --database opens the database itself
         second = corral("serve", "--port", str(free_port()), "--data-dir", str(data), "--database", postgres_url)
         assert second.returncode == 2 and "another node" in second.stderr  # but a second node is refused
@@ -268,9 +268,9 @@ def test_run_hides_sandbox_tokens_and_runner_secrets(live_node):
     secret = secrets.token_hex(16)
     key = httpx.post(live_node.url + "/api/auth/api_keys", json={"name": "r1", "kind": "runner"}, headers=headers).json()["key"]
     registered = httpx.post(live_node.url + "/api/mutation", headers={"Authorization": f"Bearer {key}"},
-                            json={"path": "runners:register", "args": {"name": "far-away", "url": "http://127.0.0.1:9",
+                            json={"path": "corral/runners:register", "args": {"name": "far-away", "url": "http://127.0.0.1:9",
                                                                         "secret": secret, "capacity": 0, "labels": []}})
     assert registered.json()["status"] == "success", registered.text
-    shown = corral("run", "runners:get", '{"name": "far-away"}', "--data-dir", str(live_node.data_dir))
+    shown = corral("run", "corral/runners:get", '{"name": "far-away"}', "--data-dir", str(live_node.data_dir))
     assert shown.returncode == 0, shown.stderr
     assert secret not in shown.stdout and json.loads(shown.stdout)["secret"] == "<hidden>"

@@ -41,7 +41,7 @@ def test_e2b_env_prints_export_lines_for_a_new_key(live_node: LiveNode) -> None:
                            capture_output=True, text=True, timeout=10)
     url, key = shell.stdout.split()
     assert url == f"{live_node.url}/e2b" and key == lines[2].split("=", 1)[1]
-    answer = httpx.post(live_node.url + "/api/query", json={"path": "sandboxes:list", "args": {}},
+    answer = httpx.post(live_node.url + "/api/query", json={"path": "corral/sandboxes:list", "args": {}},
                         headers={"Authorization": f"Bearer {key}"}, timeout=10).json()
     assert answer == {"status": "success", "value": []}  # the key works, and it owns no sandbox yet
     again = corral("e2b", "env", "--data-dir", str(live_node.data_dir), "--name", "my-agent")
@@ -150,7 +150,7 @@ def test_template_add_then_a_sandbox_runs_on_that_root(short_dir: Path) -> None:
             assert {"bash", "sh", "cat"} <= set(lines) and "python3" not in lines
             assert "# tiny" in out.decode() and "1000" in lines
             assert "no-host-python" in lines and "no-shadow" in lines
-            assert node.call("query", "sandboxes:lookup", {"sandbox_id": made.sandbox_id})["template"] == "tiny"
+            assert node.call("query", "corral/sandboxes:lookup", {"sandbox_id": made.sandbox_id})["template"] == "tiny"
             on_loop(node, fleet_of(node).kill("api-key|owner1", made.sandbox_id))
     finally:
         shutil.rmtree(rootfs, ignore_errors=True)
@@ -171,7 +171,7 @@ def test_runner_on_a_port_in_use_says_so_in_one_line_and_registers_nothing(live_
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
         f"corral runner: could not listen on 127.0.0.1:{port}: address in use (is another runner there?)"]
-    runners = corral("run", "runners:list_all", "--data-dir", str(live_node.data_dir))
+    runners = corral("run", "corral/runners:list_all", "--data-dir", str(live_node.data_dir))
     assert runners.returncode == 0, runners.stderr
     assert "port-test" not in runners.stdout  # it did not register a runner nobody can reach
 

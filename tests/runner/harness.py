@@ -64,7 +64,7 @@ def create(node: ServedNode, owner: str = OWNER, **request: Any) -> SandboxRecor
 
 def record(node: ServedNode, sandbox_id: str) -> dict[str, Any] | None:
     """The engine's document of a sandbox."""
-    return node.call("query", "sandboxes:lookup", {"sandbox_id": sandbox_id})  # type: ignore[no-any-return]
+    return node.call("query", "corral/sandboxes:lookup", {"sandbox_id": sandbox_id})  # type: ignore[no-any-return]
 
 
 def state(node: ServedNode, sandbox_id: str) -> str | None:

@@ -253,7 +253,7 @@ def test_placement_respects_capacity_and_labels(short_dir):
 def test_an_unknown_template_is_refused_and_nothing_is_recorded(node):
     with pytest.raises(TemplateNotFound):
         create(node, template="no-such-template")
-    assert node.call("query", "sandboxes:page", {"owner": OWNER, "states": ["running"], "limit": 10})["sandboxes"] == []
+    assert node.call("query", "corral/sandboxes:page", {"owner": OWNER, "states": ["running"], "limit": 10})["sandboxes"] == []
 
 
 def test_local_without_bubblewrap_fails_clearly_and_never_falls_back_to_host(short_dir, monkeypatch):

@@ -42,7 +42,7 @@ def runners(short_dir: Path):  # type: ignore[no-untyped-def]
 
 
 def registered(node, name: str) -> dict | None:  # type: ignore[no-untyped-def,type-arg]
-    return node.call("query", "runners:get", {"name": name})  # type: ignore[no-any-return]
+    return node.call("query", "corral/runners:get", {"name": name})  # type: ignore[no-any-return]
 
 
 def test_a_remote_runner_registers_with_a_runner_key_and_hosts_sandboxes(short_dir, runners):

@@ -19,7 +19,7 @@ def _client_key(node: LiveNode, kind: str = "client") -> str:
 
 
 def _runner_secret(node: LiveNode, name: str) -> str:
-    found = httpx.post(node.url + "/api/function", json={"path": "runners:get", "args": {"name": name}},
+    found = httpx.post(node.url + "/api/function", json={"path": "corral/runners:get", "args": {"name": name}},
                        headers={"Authorization": f"Convex {node.admin_key}"}, timeout=30).json()
     return str(found["value"]["secret"])
 
@@ -67,5 +67,5 @@ def test_console_beyond_loopback_hides_admin_details(live_node_factory, short_di
                                                                       "CORRAL_HOST": "0.0.0.0"})
     html = httpx.get(node.url + "/", timeout=30).text
     assert "<h2>Sandboxes</h2>" in html and "beyond loopback" in html
-    assert str(node.data_dir) not in html and "runners:list_all" in html
+    assert str(node.data_dir) not in html and "corral/runners:list_all" in html
     assert "<th>last heartbeat</th>" not in html

@@ -169,6 +169,7 @@ class Registry:
         self.schema = Schema()
         self.modules: dict[str, str] = {}  # module path → where it came from
         self.roots: list[tuple[str, Path, str]] = []  # (package, folder, origin) of each tree loaded: crons.py, http.py
+        self.namespaces: list[str] = []  # each loaded package's module prefix and table prefix
 
     def get(self, path: str) -> FunctionSpec | None:
         return self.functions.get(canonical_path(path))
@@ -189,11 +190,17 @@ class Registry:
             elif isinstance(value, FunctionSpec) and value.module == module_path:
                 self.functions[f"{module_path}:{attr}"] = value
 
-    def load_package(self, package: str, origin: str) -> None:
-        """Load an importable package laid out like a Convex folder (schema.py + modules)."""
+    def load_package(self, package: str, origin: str, *, namespace: str) -> None:
+        """Load an importable package laid out like a Convex folder (schema.py + modules) as a namespace.
+
+        Its modules are found under `<namespace>/` (`corral/workspaces:create`) and its tables must be
+        named `<namespace>_…`; a user's functions folder may take neither (docs/adr/0011)."""
+        if namespace in self.namespaces:
+            raise SchemaError(f"namespace '{namespace}' is loaded twice")
+        self.namespaces.append(namespace)
         pkg = importlib.import_module(package)
         root = Path(next(iter(pkg.__path__)))
-        self._load_tree(package, root, origin)
+        self._load_tree(package, root, origin, namespace=namespace)
 
     def load_folder(self, folder: Path) -> None:
         """Load a user's functions folder as its own package, so modules can `from .schema import …`."""
@@ -224,12 +231,13 @@ class Registry:
                 raise SchemaError(f"cannot load the {what} of {where}: {type(exc).__name__}: {exc}") from exc
             yield module, where
 
-    def _load_tree(self, package: str, root: Path, origin: str) -> None:
+    def _load_tree(self, package: str, root: Path, origin: str, *, namespace: str | None = None) -> None:
         self.roots.append((package, root, origin))
         schema_file = root / "schema.py"
         if schema_file.exists():
             schema_module = self._import(f"{package}.schema", schema_file, origin)
             for cls in tables_in_module(schema_module):
+                self._check_table_namespace(cls.__table_name__, f"{origin}/schema.py", namespace)
                 self.schema.add_table(cls, module=f"{origin}/schema.py")
         for file in sorted(root.rglob("*.py")):
             rel = file.relative_to(root)
@@ -238,9 +246,20 @@ class Registry:
             module_path = "/".join(rel.with_suffix("").parts)
             if module_path in self.RESERVED_MODULES:
                 continue
+            if namespace is not None:
+                module_path = f"{namespace}/{module_path}"
+            elif (taken := next((n for n in self.namespaces if module_path.startswith(n + "/")), None)) is not None:
+                raise SchemaError(f"module '{module_path}' ({origin}/{rel}): the folder '{taken}/' is Corral's own "
+                                  f"namespace ({taken}/workspaces:create, …); rename your folder")
             dotted = f"{package}." + ".".join(rel.with_suffix("").parts)
             module = self._import(dotted, file, origin)
             self.add_module(module_path, module, f"{origin}/{rel}")
+
+    def _check_table_namespace(self, table: str, where: str, namespace: str | None) -> None:
+        if namespace is not None and not table.startswith(namespace + "_"):
+            raise SchemaError(f"table '{table}' ({where}) must be named '{namespace}_…', inside its package's namespace")
+        if namespace is None and (taken := next((n for n in self.namespaces if table.startswith(n + "_")), None)):
+            raise SchemaError(f"table '{table}' ({where}): names starting '{taken}_' are Corral's own tables; rename yours")
 
     def _import(self, dotted: str, file: Path, origin: str) -> types.ModuleType:
         try:

@@ -226,6 +226,7 @@ def test_crons_of_corral_s_own_package_are_found_like_those_of_a_functions_folde
     from corral.engine.scheduling import load_crons
 
     registry = Registry()
-    registry.load_package("tests.fixtures.crons", "tests/fixtures/crons")
-    assert {s.name: s.path for s in load_crons(registry)} == {
-        "every minute": "ticks:tick", "at three": "ticks:tick", "slow": "ticks:slow"}
+    registry.load_package("corral.app", "corral/app", namespace="corral")
+    found = {s.name: s.path for s in load_crons(registry)}
+    assert found["expire sandboxes"] == "corral/sandboxes:expire"
+    assert found["expire runner leases"] == "corral/runners:expire_leases"

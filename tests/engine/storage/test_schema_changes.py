@@ -104,25 +104,38 @@ def test_a_change_existing_documents_violate_is_refused_naming_them(make_node, t
     assert len(run(node, "query", "notes:all")) == 3
 
 
-def test_a_module_named_like_one_of_corrals_own_is_refused(make_node, tmp_path):
-    app = write_app(tmp_path / "app", V1)
-    (app / "workspaces.py").write_text("from corral import query\n@query\ndef mine(ctx) -> None:\n    return None\n")
-    with pytest.raises(SchemaError) as err:
-        make_node(functions=app)
-    assert "workspaces" in err.value.message
-    assert "corral/app" in err.value.message and str(app) in err.value.message
-
-
-def test_a_table_named_like_one_of_corrals_own_is_refused(make_node, tmp_path):
+def test_a_users_modules_and_tables_named_like_corrals_own_are_the_users(make_node, tmp_path):
     app = write_app(tmp_path / "app", """
         from corral import Table
         class Mine(Table, name="workspaces"):
             name: str
     """, "")
+    for module in ("workspaces", "sandboxes", "tasks", "threads"):
+        (app / f"{module}.py").write_text("from corral import query\n@query\ndef mine(ctx) -> str:\n    return __name__\n")
+    node = make_node(functions=app)
+    assert node.registry.get("workspaces:mine") is not None
+    assert node.registry.get("corral/workspaces:create") is not None  # Corral's own, beside the user's
+    assert "workspaces" in node.registry.schema.tables and "corral_workspaces" in node.registry.schema.tables
+
+
+def test_a_folder_in_corrals_namespace_is_refused(make_node, tmp_path):
+    app = write_app(tmp_path / "app", V1)
+    (app / "corral").mkdir()
+    (app / "corral" / "workspaces.py").write_text("from corral import query\n@query\ndef mine(ctx) -> None:\n    return None\n")
     with pytest.raises(SchemaError) as err:
         make_node(functions=app)
-    assert "workspaces" in err.value.message
-    assert "corral/app/schema.py" in err.value.message and str(app) in err.value.message
+    assert "'corral/' is Corral's own namespace" in err.value.message and str(app) in err.value.message
+
+
+def test_a_table_in_corrals_namespace_is_refused(make_node, tmp_path):
+    app = write_app(tmp_path / "app", """
+        from corral import Table
+        class Mine(Table, name="corral_things"):
+            name: str
+    """, "")
+    with pytest.raises(SchemaError) as err:
+        make_node(functions=app)
+    assert "'corral_things'" in err.value.message and "Corral's own tables" in err.value.message
 
 
 @pytest.mark.parametrize(
