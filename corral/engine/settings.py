@@ -58,7 +58,11 @@ class Settings:
     http_cors_max_age: float = 600.0  # seconds a browser may cache a preflight answer
     # Auth (docs/auth.md): trusted token issuers, the node's own issuer, durations in seconds.
     auth_providers: list[dict[str, Any]] = field(default_factory=list)  # JSON in CORRAL_AUTH_PROVIDERS
-    auth_issuer: str | None = None  # default: <node URL>/api/auth
+    auth_issuer: str | None = None  # default: the deployment's own, kept in the database (ADR 0013)
+    auth_local_subject: str = "local"  # the node's local user: whom `corral up`'s sign-in link and `corral login` sign in
+    auth_login_link_ttl: float = 86400.0  # a sign-in link works once, within this long
+    auth_session_token_ttl: float = 900.0  # a signed-in browser's (or CLI's) token; refreshed while in use
+    auth_session_ttl: float = 7 * 86400.0  # a sign-in lasts this long without signing in again
     auth_token_ttl: float = 3600.0  # lifetime of tokens minted by `corral token mint` without --ttl
     auth_clock_leeway: float = 10.0  # slack when checking a token's exp, nbf and iat
     auth_jwks_cache_ttl: float = 3600.0  # how long an issuer's fetched keys are trusted before a refetch
@@ -86,6 +90,21 @@ class Settings:
     runner_heartbeat_interval: float = 10.0  # how often a runner renews its lease
     sandbox_metrics_interval: float = 5.0  # how often a runner samples each running sandbox's usage
     sandbox_metrics_kept: int = 360  # samples kept per sandbox (with the interval: 30 minutes of history)
+    # Sandbox runs (docs/workspaces.md): limits per kind of run, reapers, cost, artifacts; durations in seconds.
+    run_job_max_duration: float = 120.0  # a short job, as in the seed
+    run_job_idle_timeout: float = 900.0
+    run_thread_max_duration: float = 3600.0  # an agent's thread
+    run_thread_idle_timeout: float = 900.0
+    run_attempt_max_duration: float = 1800.0  # a coding attempt
+    run_attempt_idle_timeout: float = 900.0
+    run_boot_timeout: float = 300.0  # a run still booting after this long is failed
+    run_cpu_count: int = 2  # the vCPUs and memory a run's sandbox is given and billed for
+    run_memory_mb: int = 512
+    run_vcpu_usd_per_second: float = 0.000014  # E2B's rate per vCPU per second while running
+    run_memory_usd_per_gib_second: float = 0.0000045  # E2B's rate per GiB of memory per second while running
+    run_paused_usd_per_gib_second: float = 0.0000001  # storage rate per GiB (memory and disk kept) per second while paused
+    artifact_max_bytes: int = 100 << 20  # the largest file artifacts:capture copies out of a sandbox
+    artifact_preview_bytes: int = 4096  # text kept as an artifact's preview
 
     @property
     def sqlite_path(self) -> Path:
@@ -129,9 +148,11 @@ ABOVE_ZERO = frozenset({
     "function_timeout", "action_timeout", "ping_interval", "client_timeout", "max_document_bytes", "max_args_bytes",
     "sqlite_readers", "postgres_writers", "postgres_readers", "commit_log_cleanup_interval", "maintenance_interval",
     "group_commit_max", "upload_url_lifetime", "max_upload_bytes", "scheduler_poll_interval", "scheduler_concurrency",
-    "scheduler_claim_lease", "auth_token_ttl", "auth_jwks_fetch_timeout", "sandbox_max_timeout", "sandbox_cpu_count",
+    "scheduler_claim_lease", "auth_token_ttl", "auth_login_link_ttl", "auth_session_token_ttl", "auth_session_ttl", "auth_jwks_fetch_timeout", "sandbox_max_timeout", "sandbox_cpu_count",
     "sandbox_memory_mb", "sandbox_disk_mb", "sandbox_pids", "sandbox_uid_count", "runner_lease",
     "runner_heartbeat_interval", "sandbox_metrics_interval", "sandbox_metrics_kept",
+    "run_job_max_duration", "run_thread_max_duration", "run_attempt_max_duration", "run_boot_timeout", "run_cpu_count",
+    "run_memory_mb", "artifact_max_bytes",
 })
 
 

@@ -49,7 +49,7 @@ def test_mint_prints_only_a_token_the_node_accepts(chat_node: LiveNode) -> None:
     token = result.stdout.strip()
     assert result.stdout == token + "\n" and token.count(".") == 2
     identity = whoami(chat_node, {"authorization": f"Bearer {token}"}).json()["value"]
-    issuer = chat_node.url + "/api/auth"
+    issuer = httpx.get(chat_node.url + "/api/auth/.well-known/openid-configuration", timeout=10).json()["issuer"]
     assert identity == {"tokenIdentifier": f"{issuer}|ada", "subject": "ada", "issuer": issuer, "name": "Ada Lovelace",
                         "email": "ada@example.com", "team": "engines", "tags": ["a", "b"]}
     claims = jwt.decode(token, options={"verify_signature": False})

@@ -26,6 +26,11 @@ def mint(node: LiveNode, subject: str, name: str) -> str:
     return str(response.json()["token"])
 
 
+def node_issuer(node: LiveNode) -> str:
+    """The deployment's own issuer (ADR 0013): the same on any port or host."""
+    return str(httpx.get(node.url + "/api/auth/.well-known/openid-configuration", timeout=10).json()["issuer"])
+
+
 def api_key(node: LiveNode, name: str) -> str:
     response = httpx.post(node.url + "/api/auth/api_keys", json={"name": name},
                           headers={"authorization": f"Convex {node.admin_key}"}, timeout=10)
@@ -36,7 +41,7 @@ def api_key(node: LiveNode, name: str) -> str:
 def test_npm_clients_set_auth(node_scripts: str, chat_node: LiveNode) -> None:  # noqa: F811
     token = mint(chat_node, "ada", "Ada Lovelace")
     seen = run_script(node_scripts, "chat_auth.mjs", chat_node.url, token, "not-a-token")
-    issuer = chat_node.url + "/api/auth"
+    issuer = node_issuer(chat_node)
     assert seen["httpAnonymous"] is None
     assert seen["httpIdentity"]["tokenIdentifier"] == f"{issuer}|ada"
     assert seen["wsIdentity"]["name"] == "Ada Lovelace"
@@ -59,7 +64,7 @@ def run_python(url: str, token: str, key: str) -> dict[str, Any]:
 
 def test_python_client_set_auth(chat_node: LiveNode) -> None:
     seen = run_python(chat_node.url, mint(chat_node, "grace", "Grace Hopper"), api_key(chat_node, "py-sdk"))
-    issuer = chat_node.url + "/api/auth"
+    issuer = node_issuer(chat_node)
     assert seen["anonymous"] is None
     assert seen["user"]["tokenIdentifier"] == f"{issuer}|grace"
     assert seen["authors"] == ["Grace Hopper"]

@@ -11,10 +11,18 @@ Admin only (`Authorization: Convex <admin key>`), what `corral token` and `corra
     GET  /api/auth/api_keys                   → {"keys": [{id, name, kind, hint, created, revoked}]}
     POST /api/auth/api_keys                   {"name", "kind"?} → {"key", id, name, kind, hint, created}
     POST /api/auth/api_keys/revoke            {"key": id | name | the key} → {id, …, "revoked", "alreadyRevoked"}
+    POST /api/auth/login_links                {"subject"?, "name"?, "email"?} → {"url", "expiresAt"} (default: the local user)
+
+Sign-in (corral/engine/auth/sessions.py; public, the ticket or refresh token is the credential):
+
+    POST /api/auth/session                    {"ticket"} → {"token", "expiresAt", "refreshToken", "refreshExpiresAt", …}
+    POST /api/auth/session/refresh            {"refreshToken"} → {"token", "expiresAt", …}
+    POST /api/auth/session/sign_out           {"refreshToken"} → {}
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,6 +38,7 @@ from ..storage import Store
 from .api_keys import ApiKeys
 from .authenticator import Authenticator
 from .callers import Caller
+from .sessions import Sessions
 from .tokens import (
     DISCOVERY_PATH,
     JWKS_PATH,
@@ -43,8 +52,16 @@ ISSUER_PATH = "/api/auth"
 MAX_BODY = 64 * 1024
 
 
+ISSUER_META = "auth_issuer"
+
+
 def default_issuer(node_url: str) -> str:
+    """The issuer URL a node used before issuers were stable (ADR 0013): kept for those databases."""
     return node_url.rstrip("/") + ISSUER_PATH
+
+
+def new_deployment_issuer() -> str:
+    return "urn:corral:" + uuid.uuid4().hex
 
 
 class AuthService:
@@ -54,21 +71,35 @@ class AuthService:
         self.settings = settings
         self.store = store
         self.clock = clock
+        self.node_url = node_url.rstrip("/")
         self.providers = parse_providers(settings.auth_providers)
-        self.issuer = (settings.auth_issuer or default_issuer(node_url)).rstrip("/")
-        if not self.issuer.startswith(("http://", "https://")):
+        # The issuer is the deployment's, not the node URL's: a change of port or host keeps every
+        # identity (tokenIdentifier = issuer|subject) and so every membership (ADR 0013).
+        self.issuer = (settings.auth_issuer or "").rstrip("/")
+        if settings.auth_issuer is not None and not self.issuer.startswith(("http://", "https://")):
             raise ConfigError(f"setting 'auth_issuer' must be an http:// or https:// URL, not {self.issuer!r}")
-        if any(p.issuer.rstrip("/") == self.issuer for p in self.providers):
-            raise ConfigError(f"auth_providers configures {self.issuer}, which is this node's own issuer; "
-                              "remove that entry, or set auth_issuer to another URL")
+        self._check_own_issuer()
         self.api_keys = ApiKeys(store, clock)
         self.signer: LocalSigner | None = None
         self.verifier: TokenVerifier | None = None
+        self.sessions: Sessions | None = None
+
+    def _check_own_issuer(self) -> None:
+        if self.issuer and any(p.issuer.rstrip("/") == self.issuer for p in self.providers):
+            raise ConfigError(f"auth_providers configures {self.issuer}, which is this node's own issuer; "
+                              "remove that entry, or set auth_issuer to another URL")
 
     def start(self) -> None:
-        """Load (or, on a new database, create) the signing key, and make sure the key table exists."""
+        """Load (or, on a new database, create) the issuer and its signing key; make sure the key table exists."""
+        if not self.issuer:
+            had_key = self.store.get_meta(SIGNING_KEY_META) is not None
+            # A database from before ADR 0013 keeps the issuer its tokens were signed as.
+            first = default_issuer(self.node_url) if had_key else new_deployment_issuer()
+            self.issuer = self.store.set_meta_if_absent(ISSUER_META, first)
+            self._check_own_issuer()
         record = self.store.set_meta_if_absent(SIGNING_KEY_META, LocalSigner.new_key_record())
-        self.signer = LocalSigner.from_record(self.issuer, record)
+        self.signer = LocalSigner.from_record(self.issuer, record, jwks_base=self.node_url + ISSUER_PATH)
+        self.sessions = Sessions(self.signer, self.store, self.clock, self.settings)
         s = self.settings
         self.verifier = TokenVerifier(self.providers, self.clock, leeway=s.auth_clock_leeway,
                                       cache_ttl=s.auth_jwks_cache_ttl, refetch_interval=s.auth_jwks_refetch_interval,
@@ -138,11 +169,39 @@ class AuthService:
             Route(ISSUER_PATH + "/tokens", admin.mint, methods=["POST"]),
             Route(ISSUER_PATH + "/api_keys", admin.api_keys, methods=["GET", "POST"]),
             Route(ISSUER_PATH + "/api_keys/revoke", admin.revoke, methods=["POST"]),
+            Route(ISSUER_PATH + "/login_links", admin.login_link, methods=["POST"]),
+            Route(ISSUER_PATH + "/session", self._session, methods=["POST"]),
+            Route(ISSUER_PATH + "/session/refresh", self._session, methods=["POST"]),
+            Route(ISSUER_PATH + "/session/sign_out", self._session, methods=["POST"]),
         ]
         if base != ISSUER_PATH:
             routes += [Route(ISSUER_PATH + DISCOVERY_PATH, self._discovery, methods=["GET"]),
                        Route(ISSUER_PATH + JWKS_PATH, self._jwks, methods=["GET"])]
         return routes
+
+    def login_link(self, subject: Any = None, *, name: Any = None, email: Any = None) -> tuple[str, float]:
+        """A one-time sign-in link to the console; without a subject, for the node's local user."""
+        assert self.sessions is not None, "start() first"
+        if subject is None:
+            subject, name = self.settings.auth_local_subject, name or _local_name()
+        ticket, expires = self.sessions.ticket(subject, name=name, email=email)
+        return f"{self.node_url}/#login={ticket}", expires
+
+    async def _session(self, request: Request) -> Response:
+        assert self.sessions is not None
+        try:
+            body = await _read_body(request)
+            action = request.url.path.rsplit("/", 1)[-1]
+            if action == "session":
+                return _json(await self.sessions.exchange(body.get("ticket")))
+            if action == "refresh":
+                return _json(await self.sessions.refresh(body.get("refreshToken")))
+            await self.sessions.sign_out(body.get("refreshToken"))
+            return _json({})
+        except Unauthenticated as exc:
+            return _json({"code": "Unauthenticated", "message": exc.message}, 401)
+        except CorralError as exc:
+            return _error(exc)
 
     async def _discovery(self, request: Request) -> Response:
         assert self.signer is not None
@@ -172,16 +231,18 @@ class _Admin:
         return None
 
     async def _body(self, request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise BadRequest(f"request body is over {MAX_BODY} bytes", code="RequestTooLarge")
+        return await _read_body(request)
+
+    async def login_link(self, request: Request) -> Response:
+        refused = await self._guard(request)
+        if refused is not None:
+            return refused
         try:
-            body = orjson.loads(raw or b"{}")
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"request body is not valid JSON: {exc}", code="BadJsonBody") from None
-        if not isinstance(body, dict):
-            raise BadRequest("request body must be a JSON object", code="BadJsonBody")
-        return body
+            body = await self._body(request)
+            url, expires = self.service.login_link(body.get("subject"), name=body.get("name"), email=body.get("email"))
+        except CorralError as exc:
+            return _error(exc)
+        return _json({"url": url, "expiresAt": expires})
 
     async def mint(self, request: Request) -> Response:
         refused = await self._guard(request)
@@ -219,6 +280,28 @@ class _Admin:
         except CorralError as exc:
             return _error(exc)
         return _json({**record.public(), "alreadyRevoked": not revoked_now})
+
+
+async def _read_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise BadRequest(f"request body is over {MAX_BODY} bytes", code="RequestTooLarge")
+    try:
+        body = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}", code="BadJsonBody") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object", code="BadJsonBody")
+    return body
+
+
+def _local_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "local user"
 
 
 def _json(body: Any, status: int = 200) -> Response:

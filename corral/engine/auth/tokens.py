@@ -312,6 +312,7 @@ class LocalSigner:
 
     issuer: str
     private_key: ec.EllipticCurvePrivateKey
+    jwks_base: str = ""  # where this node serves the keys when the issuer is not a URL of its own
     kid: str = field(init=False)
     public_jwk: dict[str, Any] = field(init=False)
 
@@ -329,7 +330,7 @@ class LocalSigner:
         return json.dumps({"alg": LOCAL_ALGORITHM, "private_key_pem": pem})
 
     @classmethod
-    def from_record(cls, issuer: str, record: str) -> LocalSigner:
+    def from_record(cls, issuer: str, record: str, jwks_base: str = "") -> LocalSigner:
         try:
             data = json.loads(record)
             key = serialization.load_pem_private_key(data["private_key_pem"].encode(), password=None)
@@ -337,9 +338,10 @@ class LocalSigner:
             raise ConfigError(f"the signing key stored in the database ({SIGNING_KEY_META}) cannot be read: {exc}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ConfigError(f"the signing key stored in the database ({SIGNING_KEY_META}) is not an EC key")
-        return cls(issuer, key)
+        return cls(issuer, key, jwks_base)
 
-    def mint(self, subject: str, *, now: float, ttl: float, claims: dict[str, Any] | None = None) -> str:
+    def mint(self, subject: str, *, now: float, ttl: float, claims: dict[str, Any] | None = None,
+             audience: str = LOCAL_AUDIENCE) -> str:
         if not isinstance(subject, str) or not subject:
             raise ValueError("a token needs a non-empty subject")
         if not ttl > 0:
@@ -348,7 +350,7 @@ class LocalSigner:
         for name, value in (claims or {}).items():
             if value is not None:
                 payload[name] = value
-        payload.update(iss=self.issuer, sub=subject, aud=LOCAL_AUDIENCE, iat=int(now), exp=int(now + ttl),
+        payload.update(iss=self.issuer, sub=subject, aud=audience, iat=int(now), exp=int(now + ttl),
                        jti=secrets.token_hex(12))
         return jwt.encode(payload, self.private_key, algorithm=LOCAL_ALGORITHM, headers={"kid": self.kid, "typ": "JWT"})
 
@@ -358,7 +360,7 @@ class LocalSigner:
     def discovery(self) -> dict[str, Any]:
         return {
             "issuer": self.issuer,
-            "jwks_uri": self.issuer + JWKS_PATH,
+            "jwks_uri": (self.issuer if self.issuer.startswith(("http://", "https://")) else self.jwks_base) + JWKS_PATH,
             "id_token_signing_alg_values_supported": [LOCAL_ALGORITHM],
             "response_types_supported": ["id_token"],
             "subject_types_supported": ["public"],

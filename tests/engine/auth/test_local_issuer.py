@@ -36,12 +36,11 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def test_the_node_publishes_its_issuer_metadata_and_keys(served: ServedNode) -> None:
-    issuer = served.url + "/api/auth"
-    discovery = httpx.get(issuer + "/.well-known/openid-configuration")
+    discovery = httpx.get(served.url + "/api/auth/.well-known/openid-configuration")
     assert discovery.status_code == 200
     metadata = discovery.json()
-    assert metadata["issuer"] == issuer
-    assert metadata["jwks_uri"] == issuer + "/jwks.json"
+    assert metadata["issuer"].startswith("urn:corral:")  # the deployment's, not the node URL's (ADR 0013)
+    assert metadata["jwks_uri"] == served.url + "/api/auth/jwks.json"
     assert metadata["id_token_signing_alg_values_supported"] == ["ES256"]
     keys = httpx.get(metadata["jwks_uri"]).json()["keys"]
     assert len(keys) == 1 and keys[0]["kty"] == "EC" and keys[0]["alg"] == "ES256" and keys[0]["kid"]
@@ -61,7 +60,8 @@ def test_a_minted_token_verifies_anywhere_with_the_published_keys(served: Served
 def test_a_minted_token_is_the_users_identity(served: ServedNode) -> None:
     token = mint(served, name="Ada Lovelace", email="ada@example.com", claims={"team": "engines", "level": 3})
     identity = served.whoami(bearer(token)).json()["value"]
-    issuer = served.url + "/api/auth"
+    issuer = jwt.decode(token, options={"verify_signature": False})["iss"]
+    assert issuer.startswith("urn:corral:")
     assert identity == {"tokenIdentifier": f"{issuer}|ada", "subject": "ada", "issuer": issuer,
                         "name": "Ada Lovelace", "email": "ada@example.com", "team": "engines", "level": 3}
 
@@ -117,13 +117,16 @@ def test_the_signing_key_survives_a_restart(tmp_path: Path) -> None:
         assert second.whoami(bearer(token)).json()["value"]["tokenIdentifier"] == f"{ISSUER}|ada"
 
 
-def test_the_default_issuer_is_the_nodes_url(tmp_path: Path) -> None:
+def test_the_default_issuer_survives_a_change_of_port(tmp_path: Path) -> None:
     with serve_node(tmp_path / "data") as first:
         token = mint(first)
-    with serve_node(tmp_path / "data") as second:  # the same data on another port: another issuer
-        response = second.whoami(bearer(token))
-        assert response.status_code == 401
-        assert f"'{first.url}/api/auth' is not one this node trusts" in response.json()["message"]
+        before = first.whoami(bearer(token)).json()["value"]["tokenIdentifier"]
+    with serve_node(tmp_path / "data") as second:  # the same data on another port: the same identities
+        assert second.url != first.url
+        assert second.whoami(bearer(token)).json()["value"]["tokenIdentifier"] == before
+    with serve_node(tmp_path / "other") as third:  # another deployment: another issuer
+        response = third.whoami(bearer(token))
+        assert response.status_code == 401 and "is not one this node trusts" in response.json()["message"]
 
 
 def test_a_node_serves_its_issuer_documents_under_a_configured_issuer_path(tmp_path: Path) -> None:
