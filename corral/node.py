@@ -19,9 +19,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from .app.lib.run_limits import from_settings as run_policy
 from .data_dir_lock import DataDirLock
 from .e2b import E2bApi, E2bOptions, misdirected
-from .engine.auth import Authenticator, AuthService, new_admin_key
+from .e2b.auth import WorkspaceKeys
+from .engine.auth import Authenticator, AuthService, Caller, new_admin_key
 from .engine.clock import Clock
 from .engine.errors import ConfigError
 from .engine.functions import Registry
@@ -32,7 +34,7 @@ from .engine.runtime import Engine
 from .engine.scheduling import CronRunner, Scheduler, load_crons
 from .engine.settings import Settings
 from .engine.storage import open_store
-from .fleet import Fleet
+from .fleet import Fleet, FleetSandboxes
 from .web.console import Console
 
 log = structlog.get_logger("corral.node")
@@ -45,7 +47,7 @@ PLANES: list[tuple[str, str]] = [
                "signed file URLs point at /files"),
     ("/http/", "HTTP actions: the routes of http.py in a functions folder"),
     ("/runner/", "node↔runner data plane: other nodes reach the sandboxes of this node's embedded runner"),
-    ("/", "web console"),
+    ("/", "web console: the live app at /, its files under /console/, the operator's page at /operator"),
 ]
 
 NODE_FILE = "node.json"
@@ -84,9 +86,11 @@ class Node:
         self.engine.files.origin = self.url  # upload URLs and ctx.storage.get_url() point here
         self.auth = AuthService(settings, store, self.clock, self.url)
         self.auth.attach(self.authenticator)
+        WorkspaceKeys(self.engine).attach(self.authenticator)  # workspace-scoped keys (corral/app/workspace_keys.py)
         self.http_actions = HttpActions(self.engine, self.authenticator, load_routes(self.registry))
         # Sandboxes (corral/runner): lifecycle in the engine, execution on runners, one embedded here.
         self.fleet = Fleet(self.engine, self.hub, settings, self.clock, self.url)
+        self.engine.sandboxes = FleetSandboxes(self.fleet)  # ctx.sandboxes in actions (docs/adr/0012-sandboxes-capability.md)
         # E2B's protocol (corral/e2b) over the fleet: /e2b/, /envd/ and the signed /files URLs.
         self.e2b = E2bApi(self.fleet, self.authenticator, E2bOptions(
             max_timeout=settings.sandbox_max_timeout, max_upload_bytes=settings.max_upload_bytes,
@@ -143,7 +147,9 @@ class Node:
             Mount("/http", app=self.http_actions),
             Mount("/runner", app=self.fleet.runner_asgi),
             Route("/metrics", _metrics),
-            Route("/", console.page, methods=["GET", "HEAD"]),
+            Route("/", console.app, methods=["GET", "HEAD"]),
+            Route("/console/{name}", console.static, methods=["GET", "HEAD"]),
+            Route("/operator", console.page, methods=["GET", "HEAD"]),
             Route("/{rest:path}", _not_served_here, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
         ]
         return Starlette(routes=routes, middleware=self.e2b.middleware(), lifespan=self._lifespan)
@@ -154,6 +160,8 @@ class Node:
         housekeeping = asyncio.create_task(self._housekeeping())
         self.scheduler.start()
         await self.fleet.start()  # the embedded runner adopts its sandboxes and reconciles with the engine
+        await self.engine.call_mutation("corral/sandbox_runs:configure", {"values": run_policy(self.settings)},
+                                        Caller.admin(), internal_ok=True)
         try:
             yield
         finally:

@@ -2,6 +2,7 @@
 data-plane calls to the runner that hosts a sandbox (embedded, or remote over the runner wire)."""
 
 from ..runner.link import ProviderUnavailable, SandboxUnavailable
+from .app_sandboxes import FleetSandboxes
 from .node_fleet import Fleet
 from .sandbox_fleet import (
     CreateRequest,
@@ -14,6 +15,6 @@ from .sandbox_fleet import (
 )
 
 __all__ = [
-    "CreateRequest", "Fleet", "InvalidAccessToken", "ListQuery", "Page", "ProviderUnavailable",
+    "CreateRequest", "Fleet", "FleetSandboxes", "InvalidAccessToken", "ListQuery", "Page", "ProviderUnavailable",
     "RecordState", "SandboxFleet", "SandboxRecord", "SandboxUnavailable",
 ]

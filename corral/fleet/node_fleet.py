@@ -296,7 +296,8 @@ class Fleet:
                 "end_at": (now + timeout) * 1000.0, "timeout": timeout * 1000.0, "on_timeout": request.on_timeout,
                 "auto_resume": request.auto_resume, "metadata": dict(request.metadata), "limits": asdict(spec.limits),
                 "allow_internet": spec.allow_internet, "access_token": secrets.token_urlsafe(24) if request.secure else "",
-                "started_at": now * 1000.0})
+                "started_at": now * 1000.0, "on_idle": request.on_idle,
+                "idle_timeout": None if request.idle_timeout is None else request.idle_timeout * 1000.0})
         except BaseException:
             await self._link(runner).converge(spec.sandbox_id, "killed", 1 << 30)
             raise

@@ -31,6 +31,8 @@ class CreateRequest:
     limits: Limits | None = None  # None: the settings' defaults
     secure: bool = True  # False: no access token, envd traffic needs none (E2B's `secure`)
     runner_labels: tuple[str, ...] = ()  # place only on a runner that has every one of these labels
+    idle_timeout: float | None = None  # seconds without activity before on_idle acts; None: the node's policy
+    on_idle: Literal["pause", "kill"] = "pause"
 
 
 @dataclass(frozen=True)

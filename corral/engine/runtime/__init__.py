@@ -2,5 +2,7 @@
 
 from .contexts import ActionCtx, MutationCtx, QueryCtx
 from .engine import Engine
+from .sandboxes import CommandResult, FileEntry, NewSandbox, NoSandboxes, Sandboxes
 
-__all__ = ["ActionCtx", "Engine", "MutationCtx", "QueryCtx"]
+__all__ = ["ActionCtx", "CommandResult", "Engine", "FileEntry", "MutationCtx", "NewSandbox", "NoSandboxes", "QueryCtx",
+           "Sandboxes"]

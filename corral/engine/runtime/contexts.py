@@ -10,6 +10,7 @@ from ..database import DatabaseReader, DatabaseWriter
 from ..env import Env
 from ..files import ActionStorage, FileStorage, StorageReader, StorageWriter
 from ..scheduling import ActionScheduler, MutationScheduler
+from .sandboxes import Sandboxes
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -53,6 +54,11 @@ class ActionCtx:
         self.storage = ActionStorage(engine)
         self.env: Mapping[str, str] = engine.env
         self.scheduler = ActionScheduler(engine)
+
+    @property
+    def sandboxes(self) -> Sandboxes:
+        """Create, drive and kill sandboxes: provided by the node (docs/adr/0012-sandboxes-capability.md)."""
+        return self._engine.sandboxes
 
     @property
     def now(self) -> float:

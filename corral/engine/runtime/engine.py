@@ -32,6 +32,7 @@ from ..storage import Store, StoreConn
 from ..values import ReadSet, ValueError_, WriteSet, check_value, decode, encode
 from . import system_functions
 from .contexts import ActionCtx, MutationCtx, QueryCtx
+from .sandboxes import NoSandboxes, Sandboxes
 from .watchdog import Watchdog
 
 log = structlog.get_logger("corral.engine")
@@ -81,6 +82,7 @@ class Engine:
         if "_system" not in registry.modules:
             registry.add_module("_system", system_functions, "corral/engine/runtime/system_functions.py")
         self.files = FileStorage(settings, store, self.clock)
+        self.sandboxes: Sandboxes = NoSandboxes()  # ctx.sandboxes in actions: the node provides it
         self._readers = ThreadPoolExecutor(max(2, settings.sqlite_readers), thread_name_prefix="corral-reader")
 
     def start(self) -> None:
