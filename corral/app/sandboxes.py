@@ -22,9 +22,11 @@ from corral import (
     query,
 )
 
+from .lib import authz
+from .lib.run_ends import sandbox_recorded
 from .lib.sandbox_policy import policy
 from .lib.state_machines import sandbox_transition
-from .schema import Runner, Sandbox, SandboxLimits, SandboxPolicy, SandboxState
+from .schema import Runner, Sandbox, SandboxLimits, SandboxPolicy, SandboxState, Workspace
 
 SandboxId = Annotated[str, MinLen(1), MaxLen(64)]
 BATCH = 200  # sandboxes a lifecycle cron acts on per run; the next run takes the rest
@@ -45,12 +47,32 @@ def _caller_owner(ctx: Any) -> str | None:
 
 
 def _owned(ctx: Any, sandbox_id: str) -> Any:
-    """The caller's sandbox, or None: another owner's sandbox does not exist for the caller."""
+    """The caller's sandbox, or None: another owner's sandbox does not exist for the caller.
+
+    A workspace's sandbox (owner `workspace|<id>`) is every member's."""
     owner = _caller_owner(ctx)
     doc = find(ctx, sandbox_id)
-    if owner is None or doc is None or doc["owner"] != owner:
+    if owner is None or doc is None:
+        return None
+    if doc["owner"] != owner and not _member_of_owner(ctx, doc["owner"]):
         return None
     return doc
+
+
+def _member_of_owner(ctx: Any, owner: str) -> bool:
+    prefix, _, workspace_id = owner.partition("|")
+    if prefix != "workspace":
+        return False
+    workspace = ctx.db.normalize_id(Workspace, workspace_id)
+    return workspace is not None and authz.membership(ctx, workspace) is not None
+
+
+def activity(doc: Any, at: float) -> dict[str, Any]:
+    """The fields that record activity at `at`: its idle clock starts again."""
+    fields: dict[str, Any] = {"last_activity": at}
+    if doc.get("idle_timeout") is not None:
+        fields["idle_at"] = at + doc["idle_timeout"]
+    return fields
 
 
 def _in_state(ctx: QueryCtx, state: str, owner: str | None = None) -> Any:
@@ -82,7 +104,7 @@ def touch(ctx: MutationCtx, sandbox_id: SandboxId) -> None:
     if doc is None:
         raise ConvexError({"code": "SandboxNotFound", "message": f"sandbox {sandbox_id} was not found"})
     if doc["state"] in ("running", "paused"):
-        ctx.db.patch(doc["_id"], {"last_activity": float(ctx.now)})
+        ctx.db.patch(doc["_id"], activity(doc, float(ctx.now)))
 
 
 # -- for the node's fleet ----------------------------------------------------------------------
@@ -165,19 +187,21 @@ def page(ctx: QueryCtx, owner: str, states: builtins.list[SandboxState], limit: 
 @internal_mutation
 def record(ctx: MutationCtx, sandbox_id: SandboxId, owner: str, template: str, runner: str, end_at: float, timeout: float,
            on_timeout: Literal["kill", "pause"], auto_resume: bool, metadata: dict[str, str], limits: SandboxLimits,
-           allow_internet: bool, access_token: str, started_at: float) -> Sandbox:
-    """A sandbox its runner has just booted."""
+           allow_internet: bool, access_token: str, started_at: float, idle_timeout: float | None = None,
+           on_idle: Literal["pause", "kill"] = "pause") -> Sandbox:
+    """A sandbox its runner has just booted; `idle_timeout` (ms) gives it an idle policy of its own."""
     if find(ctx, sandbox_id) is not None:
         raise ConvexError({"code": "SandboxExists", "message": f"sandbox {sandbox_id} already exists"})
     now = float(ctx.now)
     doc = Sandbox(sandbox_id=sandbox_id, owner=owner, template=template, runner=runner, state="running", generation=1,
                   live=True, state_since=now, end_at=end_at, timeout=timeout, on_timeout=on_timeout, auto_resume=auto_resume,
                   last_activity=now, metadata=metadata, limits=limits, allow_internet=allow_internet,
-                  access_token=access_token, started_at=started_at, paused_at=None, ended_at=None, memory_kept=True)
+                  access_token=access_token, started_at=started_at, paused_at=None, ended_at=None, memory_kept=True,
+                  idle_timeout=idle_timeout, on_idle=on_idle, idle_at=None if idle_timeout is None else now + idle_timeout)
     doc_id = ctx.db.insert(doc)
     stored: Sandbox | None = ctx.db.get(doc_id)
     assert stored is not None
-    return stored
+    return Sandbox(sandbox_recorded(ctx, stored))
 
 
 @internal_mutation
@@ -197,7 +221,7 @@ def transition(ctx: MutationCtx, sandbox_id: SandboxId, to: SandboxState, expect
     if paused_reason is not None:
         changes["paused_reason"] = paused_reason
     if to == "running" and doc["state"] != "running":
-        changes["last_activity"] = float(ctx.now)
+        changes.update(activity(doc, float(ctx.now)))
     new: Sandbox = Sandbox(sandbox_transition(ctx, doc, to, **changes))
     return new
 
@@ -221,7 +245,7 @@ def record_activity(ctx: MutationCtx, sandbox_ids: builtins.list[str], at: float
     for sandbox_id in sandbox_ids:
         doc = find(ctx, sandbox_id)
         if doc is not None and doc["state"] in ("running", "paused") and doc["last_activity"] < at:
-            ctx.db.patch(doc["_id"], {"last_activity": at})
+            ctx.db.patch(doc["_id"], activity(doc, at))
 
 
 @internal_mutation
@@ -269,7 +293,7 @@ def expire(ctx: MutationCtx) -> int:
                                             lambda q: q.eq("state", "paused").eq("paused_reason", "idle").lte("end_at", now)).take(BATCH)
     for doc in due:
         if doc["on_timeout"] == "kill":
-            sandbox_transition(ctx, doc, "killed")
+            sandbox_transition(ctx, doc, "killed", reason="max_duration")
         elif doc["state"] == "paused":
             ctx.db.patch(doc["_id"], {"paused_reason": "timeout"})
         else:
@@ -279,16 +303,26 @@ def expire(ctx: MutationCtx) -> int:
 
 @internal_mutation
 def pause_idle(ctx: MutationCtx) -> int:
-    """Pause running sandboxes with no activity for the idle timeout; traffic resumes them."""
+    """Running sandboxes with no activity for their idle timeout: those with an idle policy of their
+    own (a run's) get its on_idle (kill ends their run); the others pause for the node's
+    sandbox_idle_timeout, and traffic resumes them."""
+    now = float(ctx.now)
+    own = ctx.db.query(Sandbox).with_index("by_state_idle_at",
+                                           lambda q: q.eq("state", "running").gte("idle_at", 0.0).lte("idle_at", now)).take(BATCH)
+    for doc in own:
+        if doc["on_idle"] == "kill":
+            sandbox_transition(ctx, doc, "killed", reason="idle")
+        else:
+            sandbox_transition(ctx, doc, "paused", paused_reason="idle")
     idle = policy(ctx).idle_timeout
     if idle <= 0:
-        return 0
-    horizon = float(ctx.now) - idle
-    due = ctx.db.query(Sandbox).with_index("by_state_activity",
-                                           lambda q: q.eq("state", "running").lte("last_activity", horizon)).take(BATCH)
+        return len(own)
+    horizon = now - idle
+    due = ctx.db.query(Sandbox).with_index("by_state_idle_at",
+                                           lambda q: q.eq("state", "running").eq("idle_at", None).lte("last_activity", horizon)).take(BATCH)
     for doc in due:
         sandbox_transition(ctx, doc, "paused", paused_reason="idle")
-    return len(due)
+    return len(own) + len(due)
 
 
 @internal_mutation
@@ -301,7 +335,7 @@ def clean_retained(ctx: MutationCtx) -> int:
             return q.eq("state", s).lte("state_since", horizon)
 
         for doc in ctx.db.query(Sandbox).with_index("by_state_since", retained).take(BATCH):
-            sandbox_transition(ctx, doc, "killed")
+            sandbox_transition(ctx, doc, "killed", reason="retention")
             acted += 1
     for doc in ctx.db.query(Sandbox).with_index("by_state_since",
                                                 lambda q: q.eq("state", "killed").lte("state_since", horizon)).take(BATCH):

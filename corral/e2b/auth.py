@@ -2,7 +2,8 @@
 
 The control API takes an API key (`X-API-KEY: e2b_…`, what the SDK sends) or a user token
 (`Authorization: Bearer <JWT>`). A sandbox belongs to the caller that created it: its owner is
-the caller's `tokenIdentifier` (`api-key|<key id>` for a key, `issuer|subject` for a user).
+the caller's `tokenIdentifier` (`api-key|<key id>` for a key, `issuer|subject` for a user,
+`workspace|<workspace id>` for a workspace's key: its sandboxes are the workspace's).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import re
 
 from starlette.requests import Request
 
-from ..engine.auth import Authenticator
-from ..engine.errors import CorralError
+from ..engine.auth import Authenticator, Caller, MachineKey, UserIdentity
+from ..engine.auth.api_keys import KEY_RE, hash_secret
+from ..engine.errors import CorralError, Unauthenticated
+from ..engine.runtime import Engine
 from .connect import invalid
 from .shapes import ApiError
 
@@ -60,3 +63,66 @@ def check_user(user: str) -> str:
     if not USER_RE.match(user):
         raise invalid(f"{user[:40]!r} is not a valid user name")
     return user
+
+
+WORKSPACE_KEY_KIND = "workspace"
+
+
+class WorkspaceKeys:
+    """API keys scoped to one workspace (corral/workspace_keys), beside the deployment's own.
+
+    `attach` wraps an authenticator's key checks: a key that is not one of the deployment's is
+    looked up among the workspace keys, and its caller is `workspace|<workspace id>` — the owner
+    of that workspace's sandboxes, so every E2B call and listing with it reaches those only."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def attach(self, authenticator: Authenticator) -> None:
+        deployment_key, deployment_revalidate = authenticator.verify_api_key, authenticator.revalidate
+
+        async def verify(secret: str) -> Caller:
+            try:
+                if deployment_key is None:
+                    raise Unauthenticated("this node does not accept API keys")
+                return await deployment_key(secret)
+            except Unauthenticated:
+                if not KEY_RE.match(secret):
+                    raise
+                found = await self._lookup({"hash": hash_secret(secret)})
+                if found is None:
+                    raise
+            return workspace_caller(found)
+
+        async def revalidate(caller: Caller) -> None:
+            if caller.machine is not None and caller.machine.kind == WORKSPACE_KEY_KIND:
+                found = await self._lookup({"key_id": caller.machine.id})
+                if found is None:
+                    raise Unauthenticated("this workspace API key no longer exists")
+                workspace_caller(found)
+                return
+            if deployment_revalidate is not None:
+                await deployment_revalidate(caller)
+
+        authenticator.verify_api_key = verify
+        authenticator.revalidate = revalidate
+
+    async def _lookup(self, args: dict[str, str]) -> dict[str, object] | None:
+        found: dict[str, object] | None = await self.engine.call_query("corral/workspace_keys:verify", args,
+                                                                       Caller.admin(), internal_ok=True)
+        return found
+
+
+def workspace_caller(found: dict[str, object]) -> Caller:
+    """The caller of a workspace key; Unauthenticated when it was revoked (or its workspace removed)."""
+    if found["revoked"] is not None:
+        raise Unauthenticated(f"the workspace API key '{found['name']}' ({found['hint']}) was revoked; an owner or admin "
+                              "of the workspace can create a new one")
+    identity = UserIdentity()
+    identity["tokenIdentifier"] = str(found["owner"])
+    identity["subject"] = str(found["id"])
+    identity["issuer"] = WORKSPACE_KEY_KIND
+    identity["name"] = str(found["name"])
+    identity["keyKind"] = WORKSPACE_KEY_KIND
+    machine = MachineKey(id=str(found["id"]), name=str(found["name"]), kind=WORKSPACE_KEY_KIND)
+    return Caller(identity=identity, key="apikey:" + machine.id, machine=machine)

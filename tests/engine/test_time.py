@@ -28,7 +28,7 @@ def test_the_sync_heartbeat_follows_the_engine_clock(tmp_path):
     with served(tmp_path / "data", ping_interval=3600.0) as node:
         client = SyncClient(node.url)
         try:
-            q = client.subscribe("corral/workspaces:list_mine")
+            q = client.subscribe("corral/workspaces:list")
             client.recv_until(lambda m: m["type"] == "Transition" and q in client.results)
             node.clock.advance(3600)
             assert client.recv_until(lambda m: m["type"] == "Ping", timeout=15) == {"type": "Ping"}

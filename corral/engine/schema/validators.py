@@ -218,7 +218,10 @@ def compile_type(tp: Any, *, owner: Any = None) -> Check:
                     failures.append(exc)
             # An option that got past the top level (the value was a list, but an item was wrong)
             # says more than "expected A | B".
-            deeper = [f for f in failures if f.path != path]
+            # So does one whose type matched but whose constraint did not ("must be at most 100 long").
+            # And so does an enum's list of values ("expected one of 'a', 'b'").
+            deeper = [f for f in failures if f.path != path or not f.detail.startswith("expected ")
+                      or f.detail.startswith("expected one of ")]
             if len(deeper) == 1:
                 raise deeper[0]
             raise ValidationFailure(path, f"expected {names}, got {describe(value)}")
@@ -314,4 +317,6 @@ def _type_name(tp: Any) -> str:
         return "null"
     if isinstance(tp, IdMarker):
         return repr(tp)
+    if get_origin(tp) is typing.Annotated:
+        return _type_name(get_args(tp)[0])
     return getattr(tp, "__name__", None) or repr(tp)

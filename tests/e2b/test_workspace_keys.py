@@ -1,0 +1,96 @@
+"""Workspace-scoped API keys with the official `e2b` SDK against a node with real sandboxes (local
+provider): a key sees and drives exactly its workspace's sandboxes — its runs' and those it creates —
+in every listing and call; another workspace's sandbox is E2B's 404. SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from e2b import AuthenticationException, Sandbox, SandboxNotFoundException
+
+from ..app.runs_support import Runs, runs_fixture  # noqa: F401 - gives tests `runs`
+from ..app.tenancy_support import call, code, refusal
+from ..interop.e2b_target import E2bTarget
+
+
+def key_of(runs: Runs, workspace: str, caller) -> str:  # type: ignore[no-untyped-def]
+    made = runs.act("workspace_keys:create_api_key", {"workspace_id": workspace, "name": "ci"}, caller)
+    assert made["key"].startswith("e2b_") and "hash" not in made
+    return str(made["key"])
+
+
+def target(runs: Runs, key: str) -> E2bTarget:
+    return E2bTarget(url=runs.served.url, api_key=key, other_key=key, revoked_key=key, real_users=True)
+
+
+def listed(runs: Runs, key: str) -> set[str]:
+    with target(runs, key).environment():
+        return {s.sandbox_id for s in Sandbox.list().next_items()}
+
+
+def test_a_workspace_key_sees_and_drives_its_workspaces_sandboxes_only(runs):
+    mine, theirs = key_of(runs, runs.workspace, runs.admin), key_of(runs, runs.other, runs.outsider)
+    run_sandbox = runs.run(runs.start())["sandbox_id"]
+    with target(runs, mine).environment():
+        sbx = Sandbox.connect(run_sandbox)  # the run's sandbox, through the SDK
+        assert sbx.commands.run("echo from the sdk").stdout == "from the sdk\n"
+        made = Sandbox.create(timeout=120)  # one the key creates belongs to the workspace too
+    doc = runs.sandbox(made.sandbox_id)
+    assert doc["owner"] == f"workspace|{runs.workspace}"
+    assert call(runs.node, "query", "sandboxes:get", {"sandbox_id": made.sandbox_id}, runs.member)["state"] == "running"
+    assert listed(runs, mine) == {run_sandbox, made.sandbox_id}
+    assert listed(runs, theirs) == set()
+    with target(runs, theirs).environment():
+        for sandbox_id in (run_sandbox, made.sandbox_id):
+            with pytest.raises(SandboxNotFoundException):
+                Sandbox.connect(sandbox_id)
+            assert Sandbox.kill(sandbox_id) is False  # E2B's 404
+    assert runs.sandbox(run_sandbox)["state"] == "running"
+    with target(runs, mine).environment():
+        assert Sandbox.kill(made.sandbox_id) is True
+
+
+def test_no_key_crosses_workspaces(runs):
+    """A table: every key × every workspace's sandbox — visible exactly when they are the same workspace."""
+    keys = {runs.workspace: key_of(runs, runs.workspace, runs.owner), runs.other: key_of(runs, runs.other, runs.outsider)}
+    sandboxes = {}
+    for workspace, key in keys.items():
+        with target(runs, key).environment():
+            sandboxes[workspace] = Sandbox.create(timeout=120).sandbox_id
+    for (key_ws, key), (box_ws, box) in itertools.product(keys.items(), sandboxes.items()):
+        with target(runs, key).environment():
+            if key_ws == box_ws:
+                assert Sandbox.get_info(box).sandbox_id == box
+            else:
+                with pytest.raises(SandboxNotFoundException):
+                    Sandbox.get_info(box)
+        assert (box in listed(runs, key)) == (key_ws == box_ws)
+    for workspace, key in keys.items():
+        with target(runs, key).environment():
+            Sandbox.kill(sandboxes[workspace])
+
+
+def test_only_owners_and_admins_manage_keys_and_a_revoked_key_is_refused(runs):
+    for who in (runs.member, runs.outsider):
+        error = runs.act_refusal("workspace_keys:create_api_key", {"workspace_id": runs.workspace, "name": "x"}, who)
+        assert code(error) in ("Forbidden", "NotFound")
+        assert code(refusal(runs.node, "query", "workspace_keys:list_api_keys", {"workspace_id": runs.workspace}, who)) in (
+            "Forbidden", "NotFound")
+    key = key_of(runs, runs.workspace, runs.owner)
+    error = runs.act_refusal("workspace_keys:create_api_key", {"workspace_id": runs.workspace, "name": "ci"}, runs.admin)
+    assert error["code"] == "ApiKeyExists"
+    [listed_key] = call(runs.node, "query", "workspace_keys:list_api_keys", {"workspace_id": runs.workspace}, runs.admin)
+    assert listed_key["name"] == "ci" and listed_key["revoked"] is None and key not in str(listed_key)
+    # A key of another workspace is no key of this one.
+    other_key = runs.act("workspace_keys:create_api_key", {"workspace_id": runs.other, "name": "o"}, runs.outsider)
+    error = refusal(runs.node, "mutation", "workspace_keys:revoke_api_key",
+                    {"workspace_id": runs.workspace, "key_id": other_key["id"]}, runs.owner)
+    assert error["code"] == "NotFound"
+    revoked = call(runs.node, "mutation", "workspace_keys:revoke_api_key",
+                   {"workspace_id": runs.workspace, "key_id": listed_key["id"]}, runs.admin)
+    assert revoked["revoked"] is not None and revoked["already_revoked"] is False
+    assert {"api_key.create", "api_key.revoke"} <= {e["action"] for e in runs.audit()}
+    with target(runs, key).environment(), pytest.raises(AuthenticationException):
+        Sandbox.list().next_items()
+    assert listed(runs, other_key["key"]) == set()  # the other workspace's key still works
