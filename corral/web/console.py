@@ -1,8 +1,11 @@
-"""The console at `/`: what this node serves, its sandboxes and runners, and how to reach it.
+"""The console: the live app at `/` (static files under `/console/`), and the operator's page at `/operator`.
 
-It is the operator's page, unauthenticated: it never shows a sandbox's access token or a runner's
-secret, and when the node listens beyond loopback it leaves out the data directory, sandboxes and
-runners (docs/sandboxes.md#the-console).
+The app is plain files in `static/` (package data): `index.html`, `app.js`, `app.css` and
+`sync.js`, Corral's sync-protocol client; nothing is built or fetched at run time (docs/console.md).
+
+The operator's page is server-rendered and unauthenticated: it never shows a sandbox's access
+token or a runner's secret, and when the node listens beyond loopback it leaves out the data
+directory, sandboxes and runners (docs/sandboxes.md#the-console).
 """
 
 from __future__ import annotations
@@ -15,12 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, Response
 
 from corral.engine.auth import Caller
 from corral.engine.runtime import Engine
 
 TEMPLATE = (Path(__file__).parent / "templates" / "console.html").read_text(encoding="utf-8")
+STATIC = Path(__file__).parent / "static"
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+                ".html": "text/html; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml"}
+# The app's pages read the session from localStorage: no framing, no inline scripts, no other origins.
+APP_HEADERS = {"content-security-policy": "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' blob: data:; "
+                                          "frame-ancestors 'none'",
+               "x-content-type-options": "nosniff", "referrer-policy": "no-referrer", "cache-control": "no-cache"}
 esc = html.escape
 
 
@@ -77,6 +87,12 @@ class Console:
         if self.engine.registry.get(path) is None:
             return None
         return await self.engine.call_query(path, args, Caller.admin(), internal_ok=True)
+
+    async def app(self, request: Request) -> Response:
+        return _static("index.html")
+
+    async def static(self, request: Request) -> Response:
+        return _static(request.path_params["name"])
 
     async def page(self, request: Request) -> HTMLResponse:
         engine = self.engine
@@ -156,3 +172,11 @@ class Console:
             for r in sorted(found, key=lambda r: (r["state"] != "up", r["name"])))
         return ("<table><tr><th>runner</th><th>state</th><th>capacity</th><th>sandboxes</th><th>labels</th>"
                 f"<th>templates</th><th>last heartbeat</th></tr>\n{rows}</table>")
+
+
+def _static(name: str) -> Response:
+    path = STATIC / name
+    kind = STATIC_TYPES.get(path.suffix)
+    if "/" in name or name.startswith(".") or kind is None or not path.is_file():
+        return Response(f"/console/{name} is not a file of the console", status_code=404, media_type="text/plain")
+    return Response(path.read_bytes(), media_type=kind, headers=APP_HEADERS)

@@ -1,4 +1,5 @@
-"""The console at `/`, as the operator opens it: sandboxes, runners, how to connect; no secrets."""
+"""The console: the operator's page at `/operator` (sandboxes, runners, how to connect; no secrets),
+and the live app's files at `/` and `/console/` (its pages in a browser: test_console_e2e.py)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def test_console_lists_sandboxes_and_runners_without_secrets(live_node_factory, 
         assert httpx.post(f"{api}/sandboxes/{paused['sandboxID']}/pause", headers=headers, timeout=60).status_code == 204
         assert httpx.delete(f"{api}/sandboxes/{killed['sandboxID']}", headers=headers, timeout=60).status_code == 204
 
-        page = httpx.get(node.url + "/", timeout=30)
+        page = httpx.get(node.url + "/operator", timeout=30)
         assert page.status_code == 200
         html = page.text
         sandboxes = html.split("<h2>Sandboxes</h2>", 1)[1].split("<h2>Runners</h2>", 1)[0]
@@ -65,7 +66,23 @@ def test_console_lists_sandboxes_and_runners_without_secrets(live_node_factory, 
 def test_console_beyond_loopback_hides_admin_details(live_node_factory, short_dir: Path) -> None:  # type: ignore[no-untyped-def]
     node: LiveNode = live_node_factory(data_dir=short_dir / "d", env={"CORRAL_SANDBOX_PROVIDER": "host",
                                                                       "CORRAL_HOST": "0.0.0.0"})
-    html = httpx.get(node.url + "/", timeout=30).text
+    html = httpx.get(node.url + "/operator", timeout=30).text
     assert "<h2>Sandboxes</h2>" in html and "beyond loopback" in html
     assert str(node.data_dir) not in html and "corral/runners:list_all" in html
     assert "<th>last heartbeat</th>" not in html
+
+
+def test_the_app_and_its_files_are_served_from_the_package(live_node: LiveNode) -> None:
+    page = httpx.get(live_node.url + "/", timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<script type="module" src="/console/app.js">' in page.text
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    for name, kind in (("app.js", "text/javascript"), ("sync.js", "text/javascript"), ("app.css", "text/css")):
+        served = httpx.get(f"{live_node.url}/console/{name}", timeout=30)
+        assert served.status_code == 200 and served.headers["content-type"].startswith(kind), name
+    assert "export class SyncClient" in httpx.get(live_node.url + "/console/sync.js", timeout=30).text
+    for missing in ("nope.js", ".hidden.js", "console.html"):
+        refused = httpx.get(f"{live_node.url}/console/{missing}", timeout=30)
+        assert refused.status_code == 404 and "is not a file of the console" in refused.text, missing
+    outside = httpx.get(f"{live_node.url}/console/..%2Fconsole.py", timeout=30)
+    assert outside.status_code == 404 and "Console" not in outside.text  # never a file beside static/
