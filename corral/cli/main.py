@@ -5,8 +5,10 @@ from __future__ import annotations
 import click
 
 from .auth_commands import api_key, token
+from .login_commands import login, login_link, logout
 from .node_commands import admin_key, run, serve, up
 from .sandbox_commands import e2b, runner, sandbox, template
+from .workspace_commands import artifacts, members, runs, workspaces
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -23,7 +25,8 @@ def main() -> None:
     """
 
 
-for command in (serve, up, admin_key, run, token, api_key, runner, template, sandbox, e2b):
+for command in (serve, up, admin_key, run, login_link, login, logout, workspaces, members, runs, artifacts,
+                token, api_key, runner, template, sandbox, e2b):
     main.add_command(command)
 
 __all__ = ["main"]
