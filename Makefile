@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.corral-installed
 NODE_INTEROP := tests/interop/node
-BENCHMARKS := live_queries transfers storage scheduler sandboxes
+BENCHMARKS := live_queries transfers storage scheduler sandboxes reapers console_page
 
 .PHONY: install up test lint bench clean
 
