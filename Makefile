@@ -22,6 +22,7 @@ up: install
 	$(VENV)/bin/corral up
 
 test: install
+	bash scripts/install-system-packages --tests
 	$(VENV)/bin/pytest
 
 lint: install

@@ -84,7 +84,7 @@ def _serve(settings: Settings) -> None:
                 link, _expires = node.auth.login_link()
                 click.echo(f"  console:   {link}")
                 click.echo(f"             (signs you in as {settings.auth_local_subject!r}, once; "
-                           f"another link: {_self_command()} login-link)")
+                           f"another: {_self_command()} login-link --data-dir {settings.data_dir})")
                 click.echo(f"  data:      {settings.data_dir}")
                 click.echo(f"  admin key: {_self_command()} admin-key --data-dir {settings.data_dir}")
                 click.echo(f"  e2b SDK:   eval \"$({_self_command()} e2b env --data-dir {settings.data_dir})\"")

@@ -128,6 +128,60 @@ def workspaces_rm(workspace_id: str, yes: bool, **options: Any) -> None:
     ctx.show({"_id": workspace_id, "removed": True}, lambda w: [("ID", "REMOVED"), (w["_id"], "being removed")])
 
 
+@workspaces.group("keys")
+def workspace_keys() -> None:
+    """A workspace's API keys for the official e2b SDK: each sees only the workspace's sandboxes.
+
+    \b
+    Examples:
+      eval "$(corral workspaces keys create WORKSPACE_ID --name ci --e2b-env)"
+      corral workspaces keys ls WORKSPACE_ID
+      corral workspaces keys revoke WORKSPACE_ID KEY_ID
+    """
+
+
+@workspace_keys.command("create")
+@click.argument("workspace_id")
+@click.option("--name", required=True, help="What the key is for; unique among the workspace's active keys.")
+@click.option("--e2b-env", "e2b_env", is_flag=True,
+              help="Print `export E2B_API_URL=… E2B_SANDBOX_URL=… E2B_API_KEY=…` lines for the e2b SDK instead.")
+@person_options
+def workspace_keys_create(workspace_id: str, name: str, e2b_env: bool, **options: Any) -> None:
+    """Create a key of the workspace (owner or admin); it is printed only this once."""
+    ctx = _ctx(**options)
+    made = ctx.call("action", "corral/workspace_keys:create_api_key", {"workspace_id": workspace_id, "name": name})
+    if e2b_env:
+        node = ctx.deployment.target.url
+        click.echo(f"export E2B_API_URL={node}/e2b")
+        click.echo(f"export E2B_SANDBOX_URL={node}/envd")
+        click.echo(f"export E2B_API_KEY={made['key']}")
+        return
+    ctx.show(made, lambda k: [("ID", "NAME", "KEY"), (k["id"], k["name"], k["key"])])
+
+
+@workspace_keys.command("ls")
+@click.argument("workspace_id")
+@person_options
+def workspace_keys_ls(workspace_id: str, **options: Any) -> None:
+    """List the workspace's keys (owner or admin); the keys themselves are never shown again."""
+    ctx = _ctx(**options)
+    found = ctx.call("query", "corral/workspace_keys:list_api_keys", {"workspace_id": workspace_id})
+    ctx.show(found, lambda rows: [("ID", "NAME", "HINT", "CREATED", "REVOKED"),
+                                  *[(k["id"], k["name"], k["hint"], format_time(k["created"]), format_time(k["revoked"]))
+                                    for k in rows]])
+
+
+@workspace_keys.command("revoke")
+@click.argument("workspace_id")
+@click.argument("key_id")
+@person_options
+def workspace_keys_revoke(workspace_id: str, key_id: str, **options: Any) -> None:
+    """Revoke a key of the workspace (owner or admin): the E2B API refuses it from its next call."""
+    ctx = _ctx(**options)
+    revoked = ctx.call("mutation", "corral/workspace_keys:revoke_api_key", {"workspace_id": workspace_id, "key_id": key_id})
+    ctx.show(revoked, lambda k: [("ID", "NAME", "REVOKED"), (k["id"], k["name"], format_time(k["revoked"]))])
+
+
 # -- corral members ------------------------------------------------------------------------------
 
 ROLES = click.Choice(["admin", "member"])

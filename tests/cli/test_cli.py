@@ -242,14 +242,16 @@ def test_serve_prints_an_absolute_data_dir_so_its_hints_work_from_anywhere(tmp_p
     proc = subprocess.Popen([*CORRAL, "serve", "--port", str(port), "--data-dir", "./data"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        lines = [proc.stdout.readline() for _ in range(4)]  # type: ignore[union-attr]
+        lines = [proc.stdout.readline() for _ in range(6)]  # type: ignore[union-attr]
         data = (tmp_path / "data").absolute()
-        assert lines[1].split() == ["data:", str(data)]
-        hint = lines[2].split("admin key:", 1)[1].split()
+        assert lines[1].split()[0] == "console:" and "/#login=" in lines[1]
+        assert lines[2].split()[-2:] == ["--data-dir", f"{data})"]  # another sign-in link, from anywhere
+        assert lines[3].split() == ["data:", str(data)]
+        hint = lines[4].split("admin key:", 1)[1].split()
         assert hint[-2:] == ["--data-dir", str(data)]
         shown = corral("admin-key", "--data-dir", hint[-1])  # from this test's working directory, not tmp_path
         assert shown.returncode == 0 and shown.stdout.startswith("corral-admin-")
-        e2b = lines[3].split("e2b SDK:", 1)[1].strip()
+        e2b = lines[5].split("e2b SDK:", 1)[1].strip()
         assert e2b.startswith('eval "$(') and e2b.endswith(')"')
         exported = subprocess.run(["bash", "-c", f"{e2b} && echo $E2B_API_URL $E2B_SANDBOX_URL"],
                                   capture_output=True, text=True, timeout=60)

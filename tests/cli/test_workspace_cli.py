@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from tests.conftest import LiveNode
@@ -38,7 +39,8 @@ def refused(result: subprocess.CompletedProcess[str], *words: str) -> str:
 
 
 @pytest.mark.parametrize("command", [["login"], ["logout"], ["workspaces"], ["workspaces", "ls"], ["workspaces", "create"],
-                                     ["workspaces", "rm"], ["members"], ["members", "ls"], ["members", "add"],
+                                     ["workspaces", "rm"], ["workspaces", "keys", "create"], ["workspaces", "keys", "ls"],
+                                     ["workspaces", "keys", "revoke"], ["members"], ["members", "ls"], ["members", "add"],
                                      ["members", "rm"], ["members", "role"], ["runs"], ["runs", "ls"], ["runs", "show"],
                                      ["runs", "start"], ["runs", "cancel"], ["artifacts"], ["artifacts", "ls"],
                                      ["artifacts", "show"], ["artifacts", "approve"], ["artifacts", "reject"],
@@ -110,6 +112,18 @@ def test_runs_and_artifacts_from_the_cli(live_node: LiveNode) -> None:
     assert started["_id"] in ok(corral("runs", "ls", workspace, "--status", "running", *where))
     shown = ok(corral("runs", "show", started["_id"], *where))
     assert "booting" in shown and "running" in shown  # the state history
+
+    # a workspace key sees exactly the workspace's sandboxes through the E2B API
+    exports = dict(line.removeprefix("export ").split("=", 1)
+                   for line in ok(corral("workspaces", "keys", "create", workspace, "--name", "ci", "--e2b-env", *where)).splitlines())
+    assert exports["E2B_API_URL"] == live_node.url + "/e2b"
+    listed_by_key = httpx.get(exports["E2B_API_URL"] + "/sandboxes", headers={"X-API-KEY": exports["E2B_API_KEY"]}, timeout=30)
+    assert [s["sandboxID"] for s in listed_by_key.json()] == [started["sandbox_id"]]
+    keys = json.loads(ok(corral("workspaces", "keys", "ls", workspace, *where, "--json")))
+    assert [(k["name"], k["revoked"]) for k in keys] == [("ci", None)]
+    ok(corral("workspaces", "keys", "revoke", workspace, keys[0]["id"], *where))
+    assert httpx.get(exports["E2B_API_URL"] + "/sandboxes", headers={"X-API-KEY": exports["E2B_API_KEY"]}, timeout=30).status_code == 401
+    refused(corral("workspaces", "keys", "create", workspace, "--name", "x" * 200, *where), "name")
 
     assert ok(corral("artifacts", "ls", "--pending", workspace, *where)).strip() == "(none)"
     assert corral("artifacts", "ls", *where).returncode == 2  # neither --run nor --pending
