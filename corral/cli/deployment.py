@@ -47,27 +47,17 @@ class Deployment:
 
     # -- through a node
     def call(self, method: str, route: str, body: dict[str, Any] | None = None) -> Any:
-        import httpx
-
         url = self.target.url
         assert url is not None
         if not self.target.admin_key:
             raise click.ClickException(f"no admin key for {url}: pass --admin-key or set CORRAL_ADMIN_KEY "
                                        "(`corral admin-key` prints it where the node's data lives)")
-        try:
-            response = httpx.request(method, url + route, json=body,
-                                     headers={"Authorization": f"Convex {self.target.admin_key}"}, timeout=60)
-        except httpx.HTTPError as exc:
-            raise click.ClickException(f"cannot reach {url}: {exc}") from None
-        try:
-            payload = response.json()
-        except ValueError:
-            raise click.ClickException(f"{url}{route} answered HTTP {response.status_code}: {response.text[:200]}") from None
-        if response.status_code != 200:
+        status, payload = request_json(method, url + route, body, {"Authorization": f"Convex {self.target.admin_key}"})
+        if status != 200:
             message = payload.get("message") if isinstance(payload, dict) else None
-            if response.status_code == 404:
+            if status == 404:
                 message = f"{url} does not serve {route}: is it a Corral node with auth?"
-            raise click.ClickException(message or f"{url}{route} answered HTTP {response.status_code}")
+            raise click.ClickException(message or f"{url}{route} answered HTTP {status}")
         return payload
 
     # -- on the store
@@ -83,6 +73,22 @@ class Deployment:
         except CorralError as exc:
             raise click.ClickException(exc.message) from None
         return node
+
+
+def request_json(method: str, url: str, body: dict[str, Any] | None, headers: dict[str, str] | None = None,
+                 timeout: float = 120) -> tuple[int, Any]:
+    """An HTTP call to a node and its JSON answer; an unreachable node or an answer that is not JSON
+    becomes the command's error."""
+    import httpx
+
+    try:
+        response = httpx.request(method, url, json=body, headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach {url}: {exc}") from None
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        raise click.ClickException(f"{url} answered HTTP {response.status_code}: {response.text[:200]}") from None
 
 
 def call_function(deployment: Deployment, path: str, args: dict[str, Any]) -> Any:

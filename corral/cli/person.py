@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from .deployment import Deployment
+from .deployment import Deployment, request_json
 
 LOGINS_FILE = "cli_logins.json"
 REFRESH_MARGIN = 60.0  # refresh a saved login's token this many seconds before it expires
@@ -81,44 +81,26 @@ def person_token(deployment: Deployment, token: str | None) -> str:
 
 def post_auth(url: str, route: str, body: dict[str, Any]) -> dict[str, Any]:
     """POST to the node's sign-in endpoints (/api/auth/session…); their refusal becomes the command's error."""
-    import httpx
-
-    try:
-        response = httpx.post(f"{url}/api/auth{route}", json=body, timeout=30)
-    except httpx.HTTPError as exc:
-        raise click.ClickException(f"cannot reach {url}: {exc}") from None
-    try:
-        payload = response.json()
-    except ValueError:
-        raise click.ClickException(f"{url} answered HTTP {response.status_code}: {response.text[:200]}") from None
-    if response.status_code != 200:
+    status, payload = request_json("POST", f"{url}/api/auth{route}", body, timeout=30)
+    if status != 200:
         message = payload.get("message") if isinstance(payload, dict) else None
         hint = ": run `corral login` again" if route == "/session/refresh" else ""
-        raise click.ClickException(f"{message or f'{url} answered HTTP {response.status_code}'}{hint}")
+        raise click.ClickException(f"{message or f'{url} answered HTTP {status}'}{hint}")
     return dict(payload)
 
 
 def call_as_person(deployment: Deployment, kind: str, path: str, args: dict[str, Any], *, token: str | None = None,
                    url: str | None = None) -> Any:
     """Run a public function as the signed-in person; its error's message becomes the command's error."""
-    import httpx
-
     url = url or node_url(deployment)
     bearer = person_token(deployment, token)
-    try:
-        response = httpx.post(f"{url}/api/{kind}", json={"path": path, "args": args, "format": "json"},
-                              headers={"Authorization": f"Bearer {bearer}"}, timeout=120)
-    except httpx.HTTPError as exc:
-        raise click.ClickException(f"cannot reach {url}: {exc}") from None
-    try:
-        payload = response.json()
-    except ValueError:
-        raise click.ClickException(f"{url} answered HTTP {response.status_code}: {response.text[:200]}") from None
-    if response.status_code == 401 or (isinstance(payload, dict) and payload.get("code") == "Unauthenticated"):
+    status, payload = request_json("POST", f"{url}/api/{kind}", {"path": path, "args": args, "format": "json"},
+                                   {"Authorization": f"Bearer {bearer}"})
+    if status == 401 or (isinstance(payload, dict) and payload.get("code") == "Unauthenticated"):
         raise click.ClickException(f"{url} refused your sign-in ({payload.get('message', 'expired?')}): run `corral login` again")
     if not isinstance(payload, dict) or payload.get("status") not in ("success", "error"):
         message = payload.get("message") if isinstance(payload, dict) else None
-        raise click.ClickException(str(message or f"{url} answered HTTP {response.status_code}"))
+        raise click.ClickException(str(message or f"{url} answered HTTP {status}"))
     if payload["status"] == "error":
         data = payload.get("errorData")
         message = data.get("message") if isinstance(data, dict) else None
