@@ -18,7 +18,9 @@ def main() -> None:
 
     \b
     Quick start:
-      corral up                                  # serve on http://127.0.0.1:3210
+      corral up                                  # serve on http://127.0.0.1:3210; open the console link it prints
+      corral login                               # act as yourself from the CLI, as in the console
+      corral workspaces create "Research"        # the product: workspaces, members, runs, artifacts
       corral serve --functions examples/chat     # serve your own functions too
       corral admin-key                           # print the admin key
       corral run messages:list                   # call a function
