@@ -375,6 +375,7 @@ def artifacts() -> None:
     Examples:
       corral artifacts ls --pending WORKSPACE_ID
       corral artifacts ls --run RUN_ID
+      corral artifacts capture RUN_ID /home/user/report.csv
       corral artifacts approve ARTIFACT_ID --comment "looks right"
       corral artifacts download ARTIFACT_ID -o report.csv
     """
@@ -395,6 +396,25 @@ def artifacts_ls(run_id: str | None, workspace_id: str | None, **options: Any) -
     else:
         found = ctx.all_pages("corral/artifacts:list_pending", {"workspace_id": workspace_id})
     ctx.show(found, _artifact_rows)
+
+
+@artifacts.command("capture")
+@click.argument("run_id")
+@click.argument("path")
+@click.option("--title", default=None, help="Default: the file's name.")
+@click.option("--type", "kind", type=click.Choice(["file", "image", "code", "log", "other"]), default=None,
+              help="Default: inferred from the file.")
+@person_options
+def artifacts_capture(run_id: str, path: str, title: str | None, kind: str | None, **options: Any) -> None:
+    """Copy a file out of a run's sandbox into an artifact that waits for review."""
+    ctx = _ctx(**options)
+    args: dict[str, Any] = {"sandbox_run_id": run_id, "path": path}
+    if title:
+        args["title"] = title
+    if kind:
+        args["type"] = kind
+    artifact_id = ctx.call("action", "corral/artifacts:capture", args)
+    ctx.show(_artifact(ctx, artifact_id), lambda a: _artifact_rows([a]))
 
 
 def _artifact(ctx: Context, artifact_id: str) -> dict[str, Any]:
@@ -458,23 +478,29 @@ def artifacts_reject(artifact_id: str, comment: str | None, **options: Any) -> N
               help="Where to write it. Default: its file name, in the current directory; - for standard output.")
 @person_options
 def artifacts_download(artifact_id: str, output: Path | None, **options: Any) -> None:
-    """Download an artifact's bytes (members only)."""
+    """Download an artifact's bytes (members only), through a short-lived signed URL."""
+    import httpx
+
     ctx = _ctx(**options)
-    found = ctx.call("action", "corral/artifacts:download", {"artifact_id": artifact_id})
-    data = _bytes(found["data"])
-    if str(output) == "-":
-        sys.stdout.buffer.write(data)
-        return
-    target = output or Path(Path(found.get("title") or artifact_id).name)
-    target.write_bytes(data)
-    ctx.show({"path": str(target), "size": len(data), "content_type": found.get("content_type")},
-             lambda r: [("PATH", "SIZE", "TYPE"), (r["path"], str(r["size"]), str(r["content_type"]))])
-
-
-def _bytes(value: Any) -> bytes:
-    """Bytes as Convex's JSON carries them: {"$bytes": base64}."""
-    import base64
-
-    if isinstance(value, dict) and isinstance(value.get("$bytes"), str):
-        return base64.b64decode(value["$bytes"])
-    raise click.ClickException("the node sent the artifact in a shape this CLI does not read; upgrade one of them")
+    link = ctx.call("action", "corral/artifacts:download_url", {"artifact_id": artifact_id})
+    target = None if str(output) == "-" else output or Path(Path(link.get("title") or artifact_id).name)
+    size = 0
+    try:
+        with httpx.stream("GET", link["url"], timeout=120) as response:
+            if response.status_code != 200:
+                response.read()
+                raise click.ClickException(f"the download of {artifact_id} was refused (HTTP {response.status_code}): "
+                                           f"{response.text[:200]}")
+            sink = sys.stdout.buffer if target is None else target.open("wb")
+            try:
+                for chunk in response.iter_bytes():
+                    sink.write(chunk)
+                    size += len(chunk)
+            finally:
+                if target is not None:
+                    sink.close()
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot download {artifact_id}: {exc}") from None
+    if target is not None:
+        ctx.show({"path": str(target), "size": size, "content_type": link.get("content_type")},
+                 lambda r: [("PATH", "SIZE", "TYPE"), (r["path"], str(r["size"]), str(r["content_type"]))])

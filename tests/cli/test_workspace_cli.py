@@ -43,7 +43,7 @@ def refused(result: subprocess.CompletedProcess[str], *words: str) -> str:
                                      ["workspaces", "keys", "revoke"], ["members"], ["members", "ls"], ["members", "add"],
                                      ["members", "rm"], ["members", "role"], ["runs"], ["runs", "ls"], ["runs", "show"],
                                      ["runs", "start"], ["runs", "cancel"], ["artifacts"], ["artifacts", "ls"],
-                                     ["artifacts", "show"], ["artifacts", "approve"], ["artifacts", "reject"],
+                                     ["artifacts", "show"], ["artifacts", "capture"], ["artifacts", "approve"], ["artifacts", "reject"],
                                      ["artifacts", "download"]])
 def test_every_product_command_has_help_with_an_example_or_its_options(command: list[str]) -> None:
     result = corral(*command, "--help")
@@ -121,6 +121,18 @@ def test_runs_and_artifacts_from_the_cli(live_node: LiveNode) -> None:
     assert [s["sandboxID"] for s in listed_by_key.json()] == [started["sandbox_id"]]
     keys = json.loads(ok(corral("workspaces", "keys", "ls", workspace, *where, "--json")))
     assert [(k["name"], k["revoked"]) for k in keys] == [("ci", None)]
+    from e2b import Sandbox
+
+    Sandbox.connect(started["sandbox_id"], api_key=exports["E2B_API_KEY"], api_url=exports["E2B_API_URL"],
+                    sandbox_url=exports["E2B_SANDBOX_URL"]).files.write("/home/user/report.csv", "a,b\n1,2\n")
+    captured = json.loads(ok(corral("artifacts", "capture", started["_id"], "/home/user/report.csv", *where, "--json")))
+    assert (captured["title"], captured["review_state"]) == ("report.csv", "pending")
+    assert captured["_id"] in ok(corral("artifacts", "ls", "--pending", workspace, *where))
+    assert "a,b" in ok(corral("artifacts", "show", captured["_id"], *where))  # its text preview
+    approved = json.loads(ok(corral("artifacts", "approve", captured["_id"], "--comment", "right", *where, "--json")))
+    assert approved["review_state"] == "approved"
+    assert ok(corral("artifacts", "download", captured["_id"], "-o", "-", *where)) == "a,b\n1,2\n"
+    refused(corral("artifacts", "capture", started["_id"], "/etc/passwd", *where), "/etc/passwd")
     ok(corral("workspaces", "keys", "revoke", workspace, keys[0]["id"], *where))
     assert httpx.get(exports["E2B_API_URL"] + "/sandboxes", headers={"X-API-KEY": exports["E2B_API_KEY"]}, timeout=30).status_code == 401
     refused(corral("workspaces", "keys", "create", workspace, "--name", "x" * 200, *where), "name")
