@@ -5,7 +5,7 @@ One node (`python -m corral serve`, SQLite) whose workspace holds 1,000 runs (`-
 created through `corral/sandbox_runs:create` as its owner. Debian's Chromium (/usr/bin/chromium,
 through playwright), signed in once, opens `#/w/<id>` in a fresh page: the figure is from
 navigation start to the first run row on screen (the page loads its files, opens the socket,
-authenticates, subscribes to the first 50 runs and draws them). The baseline opens `/operator`
+authenticates, subscribes to the first 50 runs and draws them). The baseline opens `/operator` (with the admin key)
 and waits for its load event. Each is the median of 7 rounds after a warm-up one.
 
     python -m bench.console_page [--quick] [--json]
@@ -75,6 +75,7 @@ def main() -> None:
                 took = time.perf_counter() - started
                 page.close()
                 page = context.new_page()
+                page.set_extra_http_headers({"Authorization": f"Convex {admin_key}"})  # /operator: operators only
                 started = time.perf_counter()
                 page.goto(f"{url}/operator", wait_until="load")
                 took_operator = time.perf_counter() - started

@@ -19,8 +19,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from .app.lib.artifact_urls import PATH as ARTIFACT_DOWNLOAD_PATH
+from .app.lib.artifact_urls import ArtifactDownloads
 from .app.lib.run_limits import from_settings as run_policy
-from .data_dir_lock import DataDirLock
+from .data_dir_lock import DataDirLock, secure_data_dir, write_private
 from .e2b import E2bApi, E2bOptions, misdirected
 from .e2b.auth import WorkspaceKeys
 from .engine.auth import Authenticator, AuthService, Caller, new_admin_key
@@ -47,7 +49,7 @@ PLANES: list[tuple[str, str]] = [
                "signed file URLs point at /files"),
     ("/http/", "HTTP actions: the routes of http.py in a functions folder"),
     ("/runner/", "node↔runner data plane: other nodes reach the sandboxes of this node's embedded runner"),
-    ("/", "web console: the live app at /, its files under /console/, the operator's page at /operator"),
+    ("/", "web console: the live app at /, its files under /console/, the operator's page at /#/operator"),
 ]
 
 NODE_FILE = "node.json"
@@ -103,7 +105,7 @@ class Node:
 
         A node that will serve holds its data directory (one node per directory); a CLI command
         that opens the store for one call (`serving=False`) does not, so it works beside a node."""
-        Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
+        secure_data_dir(Path(self.settings.data_dir))  # 0700: the database holds envd access tokens
         if serving:
             self._data_lock = DataDirLock.take(Path(self.settings.data_dir))
         try:
@@ -119,9 +121,12 @@ class Node:
         self.admin_key = self.engine.store.set_meta_if_absent("admin_key", new_admin_key())
         self.authenticator.admin_key = self.admin_key
         key_file = Path(self.settings.data_dir) / ADMIN_KEY_FILE
-        if not key_file.exists() or key_file.read_text().strip() != self.admin_key:
-            key_file.write_text(self.admin_key + "\n")
-            key_file.chmod(0o600)
+        if not key_file.exists() or key_file.read_text().strip() != self.admin_key or key_file.stat().st_mode & 0o077:
+            write_private(key_file, self.admin_key + "\n")
+
+    def local_user_id(self) -> str:
+        """The node's local user (an operator, corral/app/operator.py): its own issuer's auth_local_subject."""
+        return f"{self.auth.issuer}|{self.settings.auth_local_subject}"
 
     def stop(self) -> None:
         try:
@@ -137,11 +142,12 @@ class Node:
 
     def _build_app(self) -> Starlette:
         api = FunctionApi(self.engine, self.hub, self.authenticator)
-        console = Console(self.engine, self.url, PLANES)
+        console = Console(self.engine, self.url, PLANES, self.authenticator)
         routes: list[BaseRoute] = [
             *api.routes(),
             *FileStorageApi(self.engine).routes(),
             *self.auth.routes(self.authenticator),
+            Route(ARTIFACT_DOWNLOAD_PATH, ArtifactDownloads(self.engine).endpoint, methods=["GET", "HEAD"]),  # signed URLs
             Route("/api/{rest:path}", _not_found("Convex API"), methods=["GET", "POST", "PUT", "DELETE"]),
             *self.e2b.routes(),
             Mount("/http", app=self.http_actions),
@@ -161,6 +167,8 @@ class Node:
         self.scheduler.start()
         await self.fleet.start()  # the embedded runner adopts its sandboxes and reconciles with the engine
         await self.engine.call_mutation("corral/sandbox_runs:configure", {"values": run_policy(self.settings)},
+                                        Caller.admin(), internal_ok=True)
+        await self.engine.call_mutation("corral/operator:configure", {"local_user": self.local_user_id()},
                                         Caller.admin(), internal_ok=True)
         try:
             yield

@@ -1,13 +1,15 @@
 """Artifacts: files a run produced, captured from its sandbox, reviewed by a person. Found as
 `corral/artifacts:<name>`.
 
-An artifact's bytes are in file storage and reach members only through `download` (its
-storage id is never returned, so no public storage URL is made for it)."""
+An artifact's bytes are in file storage and reach members only through `download` or a
+short-lived signed URL from `download_url` (lib/artifact_urls.py); its storage id is never
+returned, so no public storage URL is made for it."""
 
 from __future__ import annotations
 
 import mimetypes
 import posixpath
+import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -20,16 +22,17 @@ from corral import (
     MutationCtx,
     QueryCtx,
     action,
+    internal_mutation,
     internal_query,
     mutation,
     query,
 )
 from corral.engine.files import is_storage_id
 
-from .lib import audit_log, authz
+from .lib import artifact_urls, audit_log, authz
 from .lib.run_ends import workspace_owner
 from .lib.run_limits import policy
-from .schema import Artifact, ArtifactType, ReviewState, SandboxRun, Workspace
+from .schema import Artifact, ArtifactType, ArtifactUrlKey, ReviewState, SandboxRun, Workspace
 
 Title = Annotated[str, MinLen(1), MaxLen(200)]
 SandboxPath = Annotated[str, MinLen(1), MaxLen(4096)]
@@ -197,6 +200,23 @@ async def download(ctx: ActionCtx, artifact_id: Id[Artifact]) -> dict[str, Any]:
     return {"title": found["title"], "content_type": found["content_type"], "size": len(data), "data": data}
 
 
+@action
+async def download_url(ctx: ActionCtx, artifact_id: Id[Artifact]) -> dict[str, Any]:
+    """A URL that downloads the artifact's bytes, for members: {url, expires_at, title, content_type, size};
+    it works for anyone who has it until `expires_at` (the artifact_url_ttl setting), then never again."""
+    found = await ctx.run_query("corral/artifacts:stored", {"artifact_id": artifact_id})
+    file_url = await ctx.storage.get_url(found["storage_id"])
+    if file_url is None:
+        raise ConvexError({"code": "NotFound", "message": f"the stored file of artifact {artifact_id} is gone"})
+    secret = await ctx.run_query("corral/artifacts:url_key", {})
+    if secret is None:  # the deployment's first: drawn here, as mutations draw no randomness
+        secret = await ctx.run_mutation("corral/artifacts:keep_url_key", {"secret": secrets.token_hex(32)})
+    expires = int(ctx.now + found["url_ttl"])
+    origin = file_url.split("/api/storage/", 1)[0]  # the node's URL, as file storage URLs have it
+    return {"url": artifact_urls.url(origin, artifact_urls.sign(secret, str(artifact_id), expires)), "expires_at": expires,
+            "title": found["title"], "content_type": found["content_type"], "size": found["size"]}
+
+
 # -- for the actions above, as their caller ---------------------------------------------------------
 
 @internal_query
@@ -211,4 +231,36 @@ def capture_target(ctx: QueryCtx, sandbox_run_id: Id[SandboxRun]) -> dict[str, A
 @internal_query
 def stored(ctx: QueryCtx, artifact_id: Id[Artifact]) -> dict[str, Any]:
     doc = authz.require_doc(ctx, artifact_id, "artifact")
+    return {"storage_id": doc["storage_id"], "title": doc["title"], "content_type": doc["content_type"],
+            "size": doc["size"], "url_ttl": policy(ctx).artifact_url_ttl}
+
+
+@internal_query
+def url_key(ctx: QueryCtx) -> str | None:
+    doc = ctx.db.query(ArtifactUrlKey).first()
+    return None if doc is None else str(doc["secret"])
+
+
+@internal_mutation
+def keep_url_key(ctx: MutationCtx, secret: Annotated[str, MinLen(64), MaxLen(64)]) -> str:
+    """Keep the deployment's signing key unless another node kept one first; returns the one kept."""
+    doc = ctx.db.query(ArtifactUrlKey).first()
+    if doc is not None:
+        return str(doc["secret"])
+    if not artifact_urls.is_hex_key(secret):
+        raise ConvexError({"code": "InvalidArgument", "message": "the signing key is 32 bytes in hex"})
+    ctx.db.insert(ArtifactUrlKey(secret=secret))
+    return secret
+
+
+@internal_query
+def resolve_download(ctx: QueryCtx, token: Annotated[str, MaxLen(artifact_urls.TOKEN_MAX)]) -> dict[str, Any]:
+    """What a signed download URL names: {storage_id, title, content_type}; refused when the token
+    is forged, altered or expired (by the engine's clock), or its artifact is gone."""
+    key = ctx.db.query(ArtifactUrlKey).first()
+    artifact_id = artifact_urls.check("" if key is None else str(key["secret"]), token, float(ctx.now))
+    normalized = ctx.db.normalize_id(Artifact, artifact_id)
+    doc = None if normalized is None else ctx.db.get(normalized)
+    if doc is None:
+        raise ConvexError({"code": "NotFound", "message": "this artifact no longer exists"})
     return {"storage_id": doc["storage_id"], "title": doc["title"], "content_type": doc["content_type"]}

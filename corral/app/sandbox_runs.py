@@ -9,7 +9,7 @@ reapers (reapers.py) end runs stuck booting. Times are ms.
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Le, MaxLen, MinLen
 
@@ -153,6 +153,28 @@ def cancel(ctx: MutationCtx, sandbox_run_id: Id[SandboxRun]) -> dict[str, Any]:
     if sandbox is not None and sandbox["state"] != "killed":
         sandbox_transition(ctx, sandbox, "killed", reason="canceled")
     audit_log.record(ctx, run["workspace_id"], "run.cancel", str(run["_id"]), {"status": run["status"]}, {"status": "canceled"})
+    return view(ctx, new)
+
+
+@mutation
+def finish(ctx: MutationCtx, sandbox_run_id: Id[SandboxRun], status: Literal["succeeded", "failed"],
+           message: Annotated[str, MinLen(1), MaxLen(500)] | None = None) -> dict[str, Any]:
+    """End a running run as its work came out (members): `succeeded`, or `failed` with why; its
+    sandbox is killed and its cost settled in the same transaction."""
+    run = authz.require_doc(ctx, sandbox_run_id, "sandbox run")
+    user = authz.require_caller(ctx)
+    if run["status"] != "running":
+        raise ConvexError({"code": "InvalidTransition",
+                           "message": f"sandbox run {run['_id']} is {run['status']} and cannot become {status}: "
+                           "only a running run finishes"})
+    error = None if status == "succeeded" else {"code": "RunFailed", "message": message or f"marked failed by {user}"}
+    reason = f"{status} by {user}" + (f": {message}" if message else "")
+    sandbox = _sandbox(ctx, run["sandbox_id"])
+    new = end_run(ctx, run, status, reason, error, sandbox)
+    if sandbox is not None and sandbox["state"] != "killed":
+        sandbox_transition(ctx, sandbox, "killed", reason="finished")
+    audit_log.record(ctx, run["workspace_id"], "run.finish", str(run["_id"]), {"status": run["status"]},
+                     {"status": status, "message": message})
     return view(ctx, new)
 
 

@@ -145,6 +145,15 @@ class SandboxPolicy(Table, name="corral_sandbox_policy"):
     runner_lease: float
 
 
+class Operator(Table, name="corral_operators"):
+    """Who may see every sandbox and runner (corral/app/operator.py): the node's local user, and those granted the role."""
+
+    user_id: str  # a tokenIdentifier
+    granted_by: str  # "node": the local user, written at each start; otherwise "admin key"
+    granted_at: float
+    indexes = [index("by_user", "user_id"), index("by_granted_by", "granted_by")]
+
+
 # -- runs: a workspace's sandbox runs and the artifacts captured from them (docs/workspaces.md) --
 # Times are ms since the epoch; durations ms.
 
@@ -245,6 +254,13 @@ class Artifact(Table, name="corral_artifacts"):
         index("by_run", "sandbox_run_id"),
         index("by_workspace_review", "workspace_id", "review_state"),
     ]
+
+
+class ArtifactUrlKey(Table, name="corral_artifact_url_keys"):
+    """The deployment's key for signing artifact download URLs (lib/artifact_urls.py): one document,
+    shared by every node on the database; read by internal functions only."""
+
+    secret: str  # hex
 
 
 class WorkspaceApiKey(Table, name="corral_workspace_api_keys"):

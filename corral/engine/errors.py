@@ -38,6 +38,7 @@ class FunctionError(CorralError):
 
     code = "FunctionError"
     http_status = 200
+    read_set: Any = None  # what a failed query had read (Engine.execute_query): its subscription waits on it
 
 
 class ConvexError(FunctionError):

@@ -105,6 +105,7 @@ class Settings:
     run_paused_usd_per_gib_second: float = 0.0000001  # storage rate per GiB (memory and disk kept) per second while paused
     artifact_max_bytes: int = 100 << 20  # the largest file artifacts:capture copies out of a sandbox
     artifact_preview_bytes: int = 4096  # text kept as an artifact's preview
+    artifact_url_ttl: float = 300.0  # seconds an artifact's signed download URL (artifacts:download_url) stays valid
 
     @property
     def sqlite_path(self) -> Path:
@@ -152,7 +153,7 @@ ABOVE_ZERO = frozenset({
     "sandbox_memory_mb", "sandbox_disk_mb", "sandbox_pids", "sandbox_uid_count", "runner_lease",
     "runner_heartbeat_interval", "sandbox_metrics_interval", "sandbox_metrics_kept",
     "run_job_max_duration", "run_thread_max_duration", "run_attempt_max_duration", "run_boot_timeout", "run_cpu_count",
-    "run_memory_mb", "artifact_max_bytes",
+    "run_memory_mb", "artifact_max_bytes", "artifact_url_ttl",
 })
 
 

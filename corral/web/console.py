@@ -1,26 +1,28 @@
-"""The console: the live app at `/` (static files under `/console/`), and the operator's page at `/operator`.
+"""The console: the live app at `/` (static files under `/console/`), and the operator's page.
 
 The app is plain files in `static/` (package data): `index.html`, `app.js`, `app.css` and
 `sync.js`, Corral's sync-protocol client; nothing is built or fetched at run time (docs/console.md).
+Its operator page (`/#/operator`) reads `corral/operator:sandboxes` and `:runners` live.
 
-The operator's page is server-rendered and unauthenticated: it never shows a sandbox's access
-token or a runner's secret, and when the node listens beyond loopback it leaves out the data
-directory, sandboxes and runners (docs/sandboxes.md#the-console).
+`/operator` is the server-rendered page (how to connect, sandboxes, runners, tables, functions)
+for the same people: a request with the admin key (`Authorization: Convex <admin key>`) or an
+operator's token (`Bearer`); a browser without either is sent to `/#/operator`, anyone else is
+refused. It never shows a sandbox's access token or a runner's secret (docs/sandboxes.md#the-console).
 """
 
 from __future__ import annotations
 
 import asyncio
 import html
-import ipaddress
 import time
 from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
-from corral.engine.auth import Caller
+from corral.engine.auth import Authenticator, Caller
+from corral.engine.errors import CorralError
 from corral.engine.runtime import Engine
 
 TEMPLATE = (Path(__file__).parent / "templates" / "console.html").read_text(encoding="utf-8")
@@ -37,15 +39,6 @@ esc = html.escape
 def _row(*cells: str, css: str = "") -> str:
     attr = f' class="{css}"' if css else ""
     return f"<tr{attr}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _when(ms: Any, now: float) -> str:
@@ -74,8 +67,9 @@ def _owner_hint(owner: Any) -> str:
 
 
 class Console:
-    def __init__(self, engine: Engine, url: str, planes: list[tuple[str, str]]) -> None:
+    def __init__(self, engine: Engine, url: str, planes: list[tuple[str, str]], authenticator: Authenticator) -> None:
         self.engine = engine
+        self.authenticator = authenticator
         self.url = url
         self.planes = planes
 
@@ -94,7 +88,21 @@ class Console:
     async def static(self, request: Request) -> Response:
         return _static(request.path_params["name"])
 
-    async def page(self, request: Request) -> HTMLResponse:
+    async def page(self, request: Request) -> Response:
+        try:
+            caller = await self.authenticator.from_headers(request.headers)
+        except CorralError as exc:
+            return PlainTextResponse(f"/operator: {exc}", status_code=401)
+        if caller.identity is None and not caller.is_admin:
+            return RedirectResponse("/#/operator", status_code=303)  # a browser: the live page signs in
+        if not caller.is_admin:
+            found = await self.engine.call_query("corral/operator:me", {}, caller)
+            if not found["operator"]:
+                return PlainTextResponse("/operator is for the node's operators: the admin key, the node's local user, "
+                                         "or someone granted the operator role (corral/operator:grant)", status_code=403)
+        return await self._render()
+
+    async def _render(self) -> HTMLResponse:
         engine = self.engine
         counts: dict[str, Any] = await asyncio.get_running_loop().run_in_executor(None, self._counts)
         tables = "\n".join(
@@ -107,19 +115,10 @@ class Console:
                  esc(", ".join(spec.arg_names) or "—"))
             for path, spec in sorted(engine.registry.functions.items()))
         planes = "\n".join(_row(f"<code>{esc(prefix)}</code>", esc(what)) for prefix, what in self.planes)
-        private = is_loopback(engine.settings.host)
         data_dir = esc(str(Path(engine.settings.data_dir).absolute()))
-        if private:
-            sandboxes, runners = await self._sandboxes(), await self._runners()
-            admin = f"admin key: corral admin-key --data-dir {data_dir}"
-            e2b_env = f'eval "$(corral e2b env --data-dir {data_dir})"'
-        else:
-            hidden = (f'<p class="note">Hidden: this node listens on {esc(engine.settings.host)}, beyond loopback, and '
-                      "this page has no login. Run <code>corral sandbox list</code> on the node's host, or "
-                      "<code>corral run corral/runners:list_all</code>.</p>")
-            sandboxes, runners = hidden, hidden
-            admin = "admin key: corral admin-key (on the node's host)"
-            e2b_env = 'eval "$(corral e2b env)"          # on the node\'s host'
+        sandboxes, runners = await self._sandboxes(), await self._runners()
+        admin = f"admin key: corral admin-key --data-dir {data_dir}"
+        e2b_env = f'eval "$(corral e2b env --data-dir {data_dir})"'
         body = TEMPLATE.format(node_url=esc(self.url), storage=esc(engine.store.dialect_name),
                                last_write=_last_write(engine.store.published_ts), admin_line=admin, e2b_env=e2b_env,
                                sandboxes=sandboxes, runners=runners,

@@ -55,17 +55,51 @@ def test_capture_copies_a_file_out_with_its_type_and_a_text_preview_and_members_
     assert code(runs.act_refusal("artifacts:capture", {"sandbox_run_id": run_id, "path": "main.py"}, runs.outsider)) == "NotFound"
 
 
+def test_a_signed_url_downloads_for_members_until_it_expires_and_a_tampered_one_gets_nothing(runs):
+    import httpx
+
+    run_id, _ = started(runs, "printf 'a,b\\n1,2\\n' > '/home/user/résumé data.csv'")
+    artifact_id = runs.act("artifacts:capture", {"sandbox_run_id": run_id, "path": "résumé data.csv"}, runs.member)
+    assert code(runs.act_refusal("artifacts:download_url", {"artifact_id": artifact_id}, runs.outsider)) == "NotFound"
+    made = runs.act("artifacts:download_url", {"artifact_id": artifact_id}, runs.member)
+    assert made["url"].startswith(runs.served.url + "/api/corral/artifacts/download?token=")
+    assert made["expires_at"] == pytest.approx(runs.clock.now_ms() + 300_000, abs=1000)  # artifact_url_ttl
+    got = httpx.get(made["url"])  # no credentials: the URL is the credential, for a while
+    assert got.status_code == 200 and got.content == b"a,b\n1,2\n"
+    assert got.headers["content-type"].startswith("text/csv")
+    assert got.headers["content-disposition"] == \
+        "attachment; filename=\"r_sum_ data.csv\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20data.csv"
+    token = made["url"].split("token=", 1)[1]
+    artifact, expires, mac = httpx.QueryParams("t=" + token)["t"].split(".")
+    other_id = runs.act("artifacts:capture", {"sandbox_run_id": run_id, "path": "/home/user/résumé data.csv",
+                                              "title": "other"}, runs.member)
+    base = runs.served.url + "/api/corral/artifacts/download"
+    for forged in (f"{other_id}.{expires}.{mac}", f"{artifact}.{int(expires) + 3_600_000}.{mac}",
+                   f"{artifact}.{expires}.{mac[:-2]}AA", f"{artifact}.{expires}", "garbage", "x" * 500):
+        refused = httpx.get(base, params={"token": forged})
+        assert refused.status_code in (400, 403) and refused.json()["code"] == "InvalidDownloadUrl", forged
+        assert b"1,2" not in refused.content
+    missing = httpx.get(base)
+    assert missing.status_code == 400 and missing.json()["code"] == "MissingDownloadToken"
+    runs.clock.advance(301)
+    expired = httpx.get(made["url"])
+    assert expired.status_code == 403 and expired.json()["code"] == "DownloadUrlExpired" and b"1,2" not in expired.content
+    assert runs.act("artifacts:download", {"artifact_id": artifact_id}, runs.member)["data"] == b"a,b\n1,2\n"  # still there
+
+
 @pytest.mark.parametrize("path", ["/etc/passwd", "../../etc/passwd", "/home/user/../../etc/shadow", "/proc/self/environ",
                                   "/home/userx/file"])
 def test_a_path_outside_the_sandboxs_files_is_refused_and_nothing_is_written(runs, path):
     run_id, _ = started(runs, "true")
+    files = stored_files(runs)
     error = runs.act_refusal("artifacts:capture", {"sandbox_run_id": run_id, "path": path}, runs.member)
     assert error["code"] == "InvalidPath" and "outside the sandbox's files" in error["message"]
-    assert artifacts(runs, run_id) == []
+    assert artifacts(runs, run_id) == [] and stored_files(runs) == files
 
 
 def test_a_file_over_the_size_limit_or_missing_is_refused_and_nothing_is_stored(runs):
     run_id, _ = started(runs, f"head -c {LIMIT + 1} /dev/zero > /home/user/big.bin")
+    files = stored_files(runs)
     error = runs.act_refusal("artifacts:capture", {"sandbox_run_id": run_id, "path": "big.bin"}, runs.member)
     assert error["code"] == "FileTooLarge" and f"{LIMIT:,}" in error["message"] and "nothing was stored" in error["message"]
     error = runs.act_refusal("artifacts:capture", {"sandbox_run_id": run_id, "path": "nope.txt"}, runs.member)
@@ -73,6 +107,7 @@ def test_a_file_over_the_size_limit_or_missing_is_refused_and_nothing_is_stored(
     error = runs.act_refusal("artifacts:capture", {"sandbox_run_id": run_id, "path": "/home/user"}, runs.member)
     assert error["code"] == "InvalidPath"
     assert artifacts(runs, run_id) == []
+    assert stored_files(runs) == files  # not a byte of it kept
 
 
 def test_review_is_for_owners_and_admins_records_who_when_why_and_is_audited(runs):
@@ -149,3 +184,9 @@ def stored_record(runs: Runs, storage_id: str):  # type: ignore[no-untyped-def]
     """The file storage's record of a stored file (None once it is deleted)."""
     with runs.node.engine.store.snapshot() as (conn, _ts):
         return runs.node.engine.files.read_record(conn, storage_id)
+
+
+def stored_files(runs: Runs) -> int:
+    """How many files the node's file storage holds."""
+    with runs.node.engine.store.snapshot() as (conn, _ts):
+        return int(conn.execute("SELECT COUNT(*) FROM _storage").fetchone()[0])

@@ -18,7 +18,7 @@ from typing import Any
 from corral.engine.errors import FunctionError
 from corral.engine.values import ids
 
-from .tenancy_support import ANONYMOUS, Tenancy, call, uid
+from .tenancy_support import ANONYMOUS, Tenancy, call, internal, uid
 
 ROLES = ("owner", "admin", "member", "outsider", "anonymous")
 MEMBERS = {"owner", "admin", "member"}
@@ -51,6 +51,11 @@ class World(Tenancy):
         if "corral/workspace_keys:create_api_key" in node.registry.functions:
             made = call(node, "action", "workspace_keys:create_api_key", {"workspace_id": self.workspace, "name": "ci"}, self.owner)
             self.key = made["id"]
+
+    def running(self) -> Any:
+        """The world's run, moved to running (as its start would) for what only a running run allows."""
+        internal(self.node, "mutation", "sandbox_runs:update", {"sandbox_run_id": self.run, "status": "running"})
+        return self.run
 
     def artifact_args(self) -> dict[str, Any]:
         return {"sandbox_run_id": self.run, "type": "file", "title": "out.txt", "storage_id": self.stored,
@@ -112,6 +117,8 @@ CASES = [
     Case("sandbox_runs:list_by_workspace", "query", MEMBERS, ws(paginationOpts=PAGE)),
     Case("sandbox_runs:list_by_thread", "query", MEMBERS, lambda w: {"thread_id": w.thread, "paginationOpts": PAGE}, scope="thread_id"),
     Case("sandbox_runs:cancel", "mutation", MEMBERS, lambda w: {"sandbox_run_id": w.run}, scope="sandbox_run_id"),
+    Case("sandbox_runs:finish", "mutation", MEMBERS, lambda w: {"sandbox_run_id": w.running(), "status": "succeeded"},
+         scope="sandbox_run_id"),
     Case("sandbox_runs:usage", "query", MEMBERS, ws()),
     Case("artifacts:create", "mutation", MEMBERS, lambda w: w.artifact_args(), scope="sandbox_run_id"),
     Case("artifacts:get", "query", MEMBERS, lambda w: {"artifact_id": w.artifact}, scope="artifact_id"),
@@ -120,6 +127,7 @@ CASES = [
     Case("artifacts:update_review_state", "mutation", ADMINS, lambda w: {"artifact_id": w.artifact, "review_state": "approved"},
          scope="artifact_id"),
     Case("artifacts:download", "action", MEMBERS, lambda w: {"artifact_id": w.artifact}, scope="artifact_id"),
+    Case("artifacts:download_url", "action", MEMBERS, lambda w: {"artifact_id": w.artifact}, scope="artifact_id"),
     Case("workspace_keys:create_api_key", "action", ADMINS, ws(name="agent"), fresh=True),
     Case("workspace_keys:list_api_keys", "query", ADMINS, ws()),
     Case("workspace_keys:revoke_api_key", "mutation", ADMINS, lambda w: {"workspace_id": w.workspace, "key_id": w.key}),

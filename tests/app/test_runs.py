@@ -167,3 +167,34 @@ def test_paused_time_is_billed_at_the_storage_rate(runs):
     running = ended["running_ms"] / 1000 * (2 * 0.000014 + 0.5 * 0.0000045)
     paused = ended["paused_ms"] / 1000 * (0.5 + disk_gib) * 0.0000001
     assert ended["usd"] == pytest.approx(running + paused, rel=1e-6)
+
+
+def test_a_member_finishes_a_run_as_succeeded_or_failed_its_sandbox_killed_and_it_is_audited(runs):
+    run_id = runs.start()
+    sandbox_id = runs.run(run_id)["sandbox_id"]
+    assert code(refusal(runs.node, "mutation", "sandbox_runs:finish", {"sandbox_run_id": run_id, "status": "succeeded"},
+                        runs.outsider)) == "NotFound"
+    error = refusal(runs.node, "mutation", "sandbox_runs:finish", {"sandbox_run_id": run_id, "status": "canceled"}, runs.member)
+    assert "expected one of 'succeeded', 'failed'" in str(error)
+    runs.clock.advance(30)
+    done = call(runs.node, "mutation", "sandbox_runs:finish", {"sandbox_run_id": run_id, "status": "succeeded"}, runs.member)
+    assert done["status"] == "succeeded" and done["error"] is None and done["ended_at"] is not None
+    assert done["history"][-1]["reason"] == "succeeded by https://issuer.test|mem"
+    assert done["cost"]["running_ms"] >= 30_000 and done["cost"]["usd"] > 0
+    assert runs.sandbox(sandbox_id)["state"] == "killed"
+    assert runs.run(run_id)["status"] == "succeeded"  # the kill that followed did not make it canceled
+    entry = next(e for e in runs.audit() if e["action"] == "run.finish")
+    assert entry["target"] == run_id and entry["after"] == {"status": "succeeded", "message": None}
+    before = runs.run(run_id)["history"]
+    error = refusal(runs.node, "mutation", "sandbox_runs:finish", {"sandbox_run_id": run_id, "status": "failed"}, runs.member)
+    assert error["code"] == "InvalidTransition" and "is succeeded and cannot become failed" in error["message"]
+    assert runs.run(run_id)["history"] == before
+    failed_id = runs.start()
+    failed = call(runs.node, "mutation", "sandbox_runs:finish",
+                  {"sandbox_run_id": failed_id, "status": "failed", "message": "tests did not pass"}, runs.admin)
+    assert failed["status"] == "failed" and failed["error"] == {"code": "RunFailed", "message": "tests did not pass"}
+    assert failed["history"][-1]["reason"] == "failed by https://issuer.test|adm: tests did not pass"
+    booting = call(runs.node, "mutation", "sandbox_runs:create", {"workspace_id": runs.workspace, "thread_id": runs.thread},
+                   runs.member)
+    error = refusal(runs.node, "mutation", "sandbox_runs:finish", {"sandbox_run_id": booting, "status": "succeeded"}, runs.member)
+    assert error["code"] == "InvalidTransition" and "is booting and cannot become succeeded" in error["message"]

@@ -94,3 +94,32 @@ def test_only_owners_and_admins_manage_keys_and_a_revoked_key_is_refused(runs):
     with target(runs, key).environment(), pytest.raises(AuthenticationException):
         Sandbox.list().next_items()
     assert listed(runs, other_key["key"]) == set()  # the other workspace's key still works
+
+
+def test_a_command_through_the_sdk_is_the_runs_activity_and_postpones_its_idle_end(runs):
+    from ..engine.served import wait_until
+
+    key = key_of(runs, runs.workspace, runs.admin)
+    run_id = runs.start(idle_timeout_ms=30_000)
+    first = runs.run(run_id)["sandbox"]
+    assert first["idle_at"] == first["last_activity"] + 30_000
+    runs.clock.advance(20)
+    with target(runs, key).environment():
+        sbx = Sandbox.connect(first["sandbox_id"])
+        assert sbx.commands.run("echo busy").stdout == "busy\n"
+    wait_until(lambda: runs.run(run_id)["sandbox"]["last_activity"] >= first["last_activity"] + 20_000,
+               what="the command counted as the run's activity")
+    shown = runs.run(run_id)["sandbox"]  # what a member sees of the run: its last activity, its idle end
+    assert shown["idle_at"] == shown["last_activity"] + 30_000 and shown["idle_at"] >= first["idle_at"] + 20_000
+    runs.clock.advance(16)  # past sandbox_touch_interval, so this activity is written at once
+    with target(runs, key).environment():  # a file written through envd counts too
+        Sandbox.connect(first["sandbox_id"]).files.write("/home/user/notes.txt", "more work")
+    wait_until(lambda: runs.run(run_id)["sandbox"]["last_activity"] >= shown["last_activity"] + 16_000,
+               what="the file write counted as the run's activity")
+    runs.clock.advance(20)  # 56 s since it started, 20 since the write: idle by the first deadlines, not by the last
+    runs.tick("sandboxes:pause_idle")
+    assert runs.run(run_id)["status"] == "running"
+    runs.clock.advance(11)
+    runs.tick("sandboxes:pause_idle")
+    ended = runs.run(run_id)
+    assert ended["status"] == "canceled" and ended["error"]["code"] == "IdleTimeout"

@@ -1,5 +1,6 @@
-"""The console: the operator's page at `/operator` (sandboxes, runners, how to connect; no secrets),
-and the live app's files at `/` and `/console/` (its pages in a browser: test_console_e2e.py)."""
+"""The console: the server-rendered operator's page at `/operator` (sandboxes, runners, how to connect;
+no secrets; operators only), and the live app's files at `/` and `/console/` (its pages in a
+browser: test_console_e2e.py)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def test_console_lists_sandboxes_and_runners_without_secrets(live_node_factory, 
         assert httpx.post(f"{api}/sandboxes/{paused['sandboxID']}/pause", headers=headers, timeout=60).status_code == 204
         assert httpx.delete(f"{api}/sandboxes/{killed['sandboxID']}", headers=headers, timeout=60).status_code == 204
 
-        page = httpx.get(node.url + "/operator", timeout=30)
+        page = httpx.get(node.url + "/operator", headers={"Authorization": f"Convex {node.admin_key}"}, timeout=30)
         assert page.status_code == 200
         html = page.text
         sandboxes = html.split("<h2>Sandboxes</h2>", 1)[1].split("<h2>Runners</h2>", 1)[0]
@@ -63,13 +64,29 @@ def test_console_lists_sandboxes_and_runners_without_secrets(live_node_factory, 
             httpx.delete(f"{api}/sandboxes/{sandbox['sandboxID']}", headers=headers, timeout=60)
 
 
-def test_console_beyond_loopback_hides_admin_details(live_node_factory, short_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def _token(node: LiveNode, subject: str) -> str:
+    minted = httpx.post(node.url + "/api/auth/tokens", json={"subject": subject},
+                        headers={"Authorization": f"Convex {node.admin_key}"}, timeout=30)
+    assert minted.status_code == 200, minted.text
+    return str(minted.json()["token"])
+
+
+def test_the_operator_page_is_for_operators_only(live_node_factory, short_dir: Path) -> None:  # type: ignore[no-untyped-def]
     node: LiveNode = live_node_factory(data_dir=short_dir / "d", env={"CORRAL_SANDBOX_PROVIDER": "host",
-                                                                      "CORRAL_HOST": "0.0.0.0"})
-    html = httpx.get(node.url + "/operator", timeout=30).text
-    assert "<h2>Sandboxes</h2>" in html and "beyond loopback" in html
-    assert str(node.data_dir) not in html and "corral/runners:list_all" in html
-    assert "<th>last heartbeat</th>" not in html
+                                                                      "CORRAL_HOST": "0.0.0.0",
+                                                                      "CORRAL_AUTH_LOCAL_SUBJECT": "opal"})
+    anonymous = httpx.get(node.url + "/operator", timeout=30)  # a browser: sent to the live page, which signs in
+    assert anonymous.status_code == 303 and anonymous.headers["location"] == "/#/operator"
+    assert "Sandboxes" not in anonymous.text and str(node.data_dir) not in anonymous.text
+    plain = httpx.get(node.url + "/operator", headers={"Authorization": f"Bearer {_token(node, 'bob')}"}, timeout=30)
+    assert plain.status_code == 403 and "for the node's operators" in plain.text
+    assert str(node.data_dir) not in plain.text and "<h2>" not in plain.text
+    wrong = httpx.get(node.url + "/operator", headers={"Authorization": "Convex corral-admin-nope"}, timeout=30)
+    assert wrong.status_code == 401 and "admin key" in wrong.text
+    for credential in (f"Convex {node.admin_key}", f"Bearer {_token(node, 'opal')}"):  # the admin key; the local user
+        html = httpx.get(node.url + "/operator", headers={"Authorization": credential}, timeout=30).text
+        assert "<h2>Sandboxes</h2>" in html and "<th>last heartbeat</th>" in html, credential[:10]
+        assert str(node.data_dir.absolute()) in html
 
 
 def test_the_app_and_its_files_are_served_from_the_package(live_node: LiveNode) -> None:

@@ -63,7 +63,7 @@ def test_two_people_work_in_a_workspace_live(node: ServedNode, browser: Any, sho
     ada = signed_in(browser, node, "ada", "Ada Lovelace", "ada@example.com")
     bob = signed_in(browser, node, "bob", "Bob Babbage", "bob@example.com")
     bob.get_by_text("You belong to no workspace yet").wait_for()
-    assert ada.get_by_role("link", name="Operator").count() == 0  # for the node's local user only
+    assert ada.get_by_role("link", name="Operator").count() == 0  # for operators only (test_console_manage_e2e.py)
     shots(ada, "01-workspaces")
 
     # keyboard alone: create a workspace

@@ -11,7 +11,7 @@ from typing import Any
 
 from corral import ConvexError, Id
 
-from ..schema import Workspace, WorkspaceMember
+from ..schema import Operator, Workspace, WorkspaceMember
 
 ROLE_RANK = {"member": 0, "admin": 1, "owner": 2}
 
@@ -87,6 +87,24 @@ def require_doc(ctx: Any, doc_id: Any, what: str, role: str = "member") -> Any:
         raise not_found(what)
     require_role(ctx, doc["workspace_id"], role)
     return doc
+
+
+def is_operator(ctx: Any, user_id: str | None) -> bool:
+    """Whether `user_id` sees every sandbox and runner: the node's local user, or granted the role."""
+    if user_id is None:
+        return False
+    return ctx.db.query(Operator).with_index("by_user", lambda q: q.eq("user_id", user_id)).first() is not None
+
+
+def require_operator(ctx: Any) -> str:
+    """The caller's user id if the caller is one of the node's operators (the admin key calls the
+    internal queries instead: `corral/sandboxes:overview`, `corral/runners:list_all`)."""
+    user_id = require_caller(ctx)
+    if not is_operator(ctx, user_id):
+        raise ConvexError({"code": "Forbidden", "message": "only the node's operators see every sandbox and runner: "
+                           "sign in as the node's local user, or ask whoever holds the admin key to run "
+                           f"corral run corral/operator:grant '{{\"user_id\": \"{user_id}\"}}'"})
+    return user_id
 
 
 def require_runner_key(ctx: Any) -> str:

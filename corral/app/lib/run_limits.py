@@ -32,6 +32,7 @@ class Policy:
     paused_usd_per_gib_second: float = 0.0000001
     artifact_max_bytes: float = 100 << 20
     artifact_preview_bytes: float = 4096
+    artifact_url_ttl: float = 300 * SECOND  # ms a signed download URL stays valid
 
     def limits(self, kind: str, max_duration_ms: float | None, idle_timeout_ms: float | None) -> tuple[float, float]:
         """(max duration, idle timeout) in ms of a run of `kind`, the defaults filling what is not asked."""
@@ -52,7 +53,8 @@ def from_settings(settings: Any) -> dict[str, float]:
                   cpu_count=s.run_cpu_count, memory_mb=s.run_memory_mb, vcpu_usd_per_second=s.run_vcpu_usd_per_second,
                   memory_usd_per_gib_second=s.run_memory_usd_per_gib_second,
                   paused_usd_per_gib_second=s.run_paused_usd_per_gib_second,
-                  artifact_max_bytes=s.artifact_max_bytes, artifact_preview_bytes=s.artifact_preview_bytes)
+                  artifact_max_bytes=s.artifact_max_bytes, artifact_preview_bytes=s.artifact_preview_bytes,
+                  artifact_url_ttl=s.artifact_url_ttl * SECOND)
     return {k: float(v) for k, v in values.items()}
 
 

@@ -83,8 +83,7 @@ class Sessions:
         ttl = self.settings.auth_session_token_ttl
         token = self.signer.mint(subject, now=now, ttl=ttl, claims=profile)
         return {"token": token, "expiresAt": float(int(now + ttl)), "subject": subject,
-                "tokenIdentifier": f"{self.signer.issuer}|{subject}",
-                "operator": subject == self.settings.auth_local_subject, **profile}  # the console links /operator
+                "tokenIdentifier": f"{self.signer.issuer}|{subject}", **profile}
 
     def _verify(self, token: Any, audience: str, what: str) -> dict[str, Any]:
         if not isinstance(token, str) or token.count(".") != 2:

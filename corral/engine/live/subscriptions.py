@@ -266,7 +266,8 @@ class SyncHub:
             value, read_set = self.engine.execute_query(conn, sub.spec, sub.args, caller)
             return True, value, read_set
         except FunctionError as exc:
-            return False, exc, read_set
+            # A failed query stays subscribed to what it read (a refusal ends when a grant is written).
+            return False, exc, exc.read_set or read_set
 
     def _apply(self, cap: _Capture, ts: int, results: dict[tuple[Any, ...], Any],
                rendered: dict[tuple[Any, ...], tuple[dict[str, Any], bytes]]) -> None:
@@ -286,7 +287,10 @@ class SyncHub:
                     self._owner[sub] = client
                     self._index(sub)
                 sub.read_set = read_set
-                sub.valid_ts = ts
+                if cap.identity_version == client.identity_version:
+                    sub.valid_ts = ts
+                # else: it ran as the caller before an Authenticate that came meanwhile; it stays
+                # invalid (invalidate_all), so the next round runs it as the new caller
                 for commit_ts, writes in reversed(self._ring):  # commits after the snapshot, newest first
                     if commit_ts <= ts:
                         break

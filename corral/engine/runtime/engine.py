@@ -134,7 +134,9 @@ class Engine:
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            raise as_function_error(exc, spec.path) from None
+            error = as_function_error(exc, spec.path)
+            error.read_set = read_set  # what it read before failing: a subscription re-runs when that changes
+            raise error from None
         finally:
             db.finish_read_set()
         return value, read_set

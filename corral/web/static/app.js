@@ -1,6 +1,7 @@
 // The console: workspaces, members, runs, review and audit, live over the sync protocol (sync.js).
 // Pages are addressed by the URL's fragment: #/ (workspaces), #/w/ID (a workspace: members and
-// runs), #/run/ID, #/review/ID, #/audit/ID. A sign-in link is #login=TICKET.
+// runs), #/run/ID, #/review/ID, #/audit/ID, #/operator (every sandbox and runner, for operators).
+// A sign-in link is #login=TICKET.
 import { ServerError, SyncClient } from "./sync.js";
 
 const SESSION_KEY = "corral.session";
@@ -24,6 +25,11 @@ function h(tag, attrs = {}, ...children) {
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
   return el;
+}
+
+// Replace an element's children, leaving out the null, undefined and false of conditional parts.
+function fill(el, ...children) {
+  el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
 }
 
 function when(ms) {
@@ -94,7 +100,7 @@ async function fetchToken(forceRefresh) {
   }
 }
 
-const state = { ended: null, notice: null, signedIn: false, connected: false };
+const state = { ended: null, notice: null, signedIn: false, connected: false, operator: false };
 const client = new SyncClient(origin, {
   onConnectionChange: (up) => { state.connected = up; document.body.classList.toggle("offline", !up); },
   onAuthChange: (ok) => {
@@ -134,6 +140,50 @@ function live(path, args, onValue, onError) {
   stops.push(client.subscribe(path, args, onValue, onError ?? ((e) => onValue(undefined, e))));
 }
 
+// A live list read page by page with Convex's paginationOpts: each page is its own subscription,
+// "Show more" adds the next one from the last page's continueCursor and pins that page's end
+// (endCursor), so a row written meanwhile lands in exactly one page. `draw(box, items)` fills the box.
+function pagedList(box, path, args, draw, { pageSize = PAGE, more = "Show more", onError } = {}) {
+  const pages = [];
+  let focusMore = false;
+  let stopped = false;
+  function watch(p) {
+    p.stop?.();
+    p.stop = client.subscribe(path, { ...args, paginationOpts: p.opts }, (result) => { p.result = result; redraw(); },
+      (error) => (onError ?? ((e) => problem(box, e)))(error));
+  }
+  function add(cursor) {
+    const p = { opts: { numItems: pageSize, cursor }, result: null, stop: null };
+    pages.push(p);
+    watch(p);
+  }
+  function redraw() {
+    if (stopped || pages.some((p) => !p.result)) return;
+    const seen = new Set();
+    const items = [];
+    for (const p of pages) for (const item of p.result.page) if (!seen.has(item._id)) { seen.add(item._id); items.push(item); }
+    draw(box, items);
+    const last = pages.at(-1);
+    let button = null;
+    if (!last.result.isDone) {
+      button = h("button", { type: "button", class: "quiet more", onclick: () => {
+      const cursor = last.result.continueCursor;
+      last.opts = { ...last.opts, endCursor: cursor };
+      watch(last);
+      focusMore = true;
+      add(cursor);
+      } }, more);
+      box.append(h("div", { class: "inline" }, button, h("span", { class: "muted" }, `${items.length} shown`)));
+    }
+    if (focusMore) { focusMore = false; box.tabIndex = -1; (button ?? box).focus(); }
+  }
+  add(null);
+  const stop = () => { stopped = true; for (const p of pages) p.stop?.(); };
+  stop.redraw = redraw;
+  stops.push(stop);
+  return stop;
+}
+
 function route() {
   const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean);
   return { page: parts[0] ?? "", id: parts[1] ?? null };
@@ -146,12 +196,20 @@ function render() {
   if (!s) return renderSignIn();
   const { page, id } = route();
   const main = h("main", { id: "main", tabindex: "-1" });
-  app.replaceChildren(header(page, id), main);
+  fill(app, header(page, id), main);
+  // Whether the signed-in person is one of the node's operators: the nav shows the operator page to
+  // them only. Asked again on each page, so it is always asked as whoever is signed in now.
+  live("corral/operator:me", {}, (me) => {
+    state.operator = Boolean(me?.operator);
+    const link = document.getElementById("nav-operator");
+    if (link) link.hidden = !state.operator;
+  }, () => { state.operator = false; });
   if (state.notice) { main.append(h("p", { class: "notice", role: "status" }, state.notice)); state.notice = null; }
   if (page === "w" && id) workspacePage(main, id);
   else if (page === "run" && id) runPage(main, id);
   else if (page === "review" && id) reviewPage(main, id);
   else if (page === "audit" && id) auditPage(main, id);
+  else if (page === "operator") operatorPage(main);
   else workspacesPage(main);
 }
 
@@ -166,14 +224,15 @@ function header(page, id) {
       wsId && link(`#/w/${wsId}`, "Runs & members", page === "w"),
       wsId && link(`#/review/${wsId}`, "Review", page === "review"),
       wsId && link(`#/audit/${wsId}`, "Audit", page === "audit"),
-      s.operator ? h("a", { href: "/operator" }, "Operator") : null),
+      h("a", { href: "#/operator", id: "nav-operator", hidden: !state.operator,
+               "aria-current": page === "operator" ? "page" : null }, "Operator")),
     h("span", { class: "who", title: s.tokenIdentifier }, s.name || s.email || s.subject),
     h("button", { type: "button", id: "sign-out", onclick: signOut }, "Sign out"));
 }
 let currentWorkspace = null;
 
 function problem(where, error) {
-  where.replaceChildren(h("p", { class: "error", role: "alert" }, errorText(error)));
+  fill(where, h("p", { class: "error", role: "alert" }, errorText(error)));
 }
 
 // status line under a form: the server's own words when it refuses
@@ -205,7 +264,7 @@ function renderSignIn() {
   } },
   h("label", { for: "sign-in-link" }, "Sign-in link"), input,
   h("button", { type: "submit" }, "Sign in"), line);
-  app.replaceChildren(h("main", { id: "main", class: "narrow" },
+  fill(app, h("main", { id: "main", class: "narrow" },
     h("h1", {}, "Sign in to Corral"),
     state.ended && h("p", { class: "error", role: "alert" }, "Your session has ended. Sign in again: what you typed is kept.",
       h("br"), h("span", { class: "muted" }, `(${state.ended})`)),
@@ -233,8 +292,8 @@ function workspacesPage(main) {
     } }, h("label", { for: "new-workspace-name" }, "New workspace"), name, h("button", { type: "submit" }, "Create"), line));
   live("corral/workspaces:list", {}, (workspaces, error) => {
     if (error) return problem(list, error);
-    if (!workspaces.length) return list.replaceChildren(h("p", { class: "muted" }, "You belong to no workspace yet: create one, or ask an owner to invite you."));
-    list.replaceChildren(h("ul", { class: "cards" }, workspaces.map((w) =>
+    if (!workspaces.length) return fill(list, h("p", { class: "muted" }, "You belong to no workspace yet: create one, or ask an owner to invite you."));
+    fill(list, h("ul", { class: "cards" }, workspaces.map((w) =>
       h("li", {}, h("a", { href: `#/w/${w._id}` }, w.name), " ", h("span", { class: `role ${w.role}` }, w.role),
         w.status === "deleting" ? h("span", { class: "state failed" }, "deleting") : null))));
   });
@@ -255,30 +314,55 @@ function workspacePage(main, workspaceId) {
   const invite = h("div");
   const runs = h("div", { id: "runs" }, h("p", { class: "muted" }, "Loading…"));
   const starter = h("div");
+  const threads = h("div", { id: "threads" });
+  const usage = h("div", { id: "usage" });
+  const ownerControls = h("div");
+  const keys = h("section", { "aria-labelledby": "keys-h", id: "api-keys" });
   main.append(title, rename,
     h("section", { "aria-labelledby": "runs-h" }, h("h2", { id: "runs-h" }, "Runs"), starter, runs),
+    h("section", { "aria-labelledby": "threads-h" }, h("h2", { id: "threads-h" }, "Threads"), threads),
     h("section", { "aria-labelledby": "members-h" }, h("h2", { id: "members-h" }, "Members"), members, invite,
-      h("details", {}, h("summary", {}, "Who may do what"), h("ul", {}, RULES.map((r) => h("li", {}, r))))));
+      h("details", {}, h("summary", {}, "Who may do what"), h("ul", {}, RULES.map((r) => h("li", {}, r))))),
+    keys,
+    h("section", { "aria-labelledby": "settings-h" }, h("h2", { id: "settings-h" }, "Cost and budget"), usage, ownerControls));
   let me = null;
+  let drawnFor = null; // the role the owner's and admins' controls were drawn for
   let memberList = [];
+  let workspace = null;
   live("corral/workspaces:get", { workspace_id: workspaceId }, (w, error) => {
     if (error) return problem(title, error);
-    if (!w) { title.textContent = "Not found"; rename.replaceChildren(h("p", { class: "error", role: "alert" }, "This workspace does not exist, or you are not one of its members.")); return; }
+    if (!w) { title.textContent = "Not found"; fill(rename, h("p", { class: "error", role: "alert" }, "This workspace does not exist, or you are not one of its members.")); return; }
     me = w.role;
-    title.replaceChildren(w.name, " ", h("span", { class: `role ${w.role}` }, `you: ${w.role}`));
-    rename.replaceChildren(...[renameForm(w), w.role !== "owner" ? leaveButton(w) : null].filter(Boolean));
-    invite.replaceChildren(me === "member" ? h("p", { class: "muted" }, "Only the owner and admins invite people.") : inviteForm(workspaceId, me));
+    workspace = w;
+    fill(title, w.name, " ", h("span", { class: `role ${w.role}` }, `you: ${w.role}`));
+    if (drawnFor !== me) {
+      drawnFor = me;
+      fill(keys, ...(me === "member" ? [] : apiKeys(workspaceId, () => memberList)));
+      fill(ownerControls, ...(me === "owner" ? ownerForms(() => workspace, () => memberList) : [
+        h("p", { class: "muted" }, "Only the owner sets the budget, hands the workspace over or removes it.")]));
+    }
+    ownerControls.querySelector("#transfer-to")?.refresh?.();
+    fill(rename, ...[renameForm(w), w.role !== "owner" ? leaveButton(w) : null].filter(Boolean));
+    fill(invite, me === "member" ? h("p", { class: "muted" }, "Only the owner and admins invite people.") : inviteForm(workspaceId, me));
     drawMembers();
   });
   live("corral/workspace_members:list_members", { workspace_id: workspaceId }, (list, error) => {
     if (error) return problem(members, error);
     memberList = list;
     drawMembers();
+    ownerControls.querySelector("#transfer-to")?.refresh?.();
+  });
+  live("corral/sandbox_runs:usage", { workspace_id: workspaceId }, (u, error) => {
+    if (error) return problem(usage, error);
+    const budget = u.monthly_budget_usd;
+    fill(usage, h("p", { id: "usage-line" }, `This month (${u.month}): ${usd(u.usd)} used`,
+      budget === null || budget === undefined ? ", no budget." : ` of a budget of ${usd(budget)}${u.usd >= budget ? ": new runs are refused." : "."}`,
+      h("span", { class: "muted" }, ` ${u.runs} ended run${u.runs === 1 ? "" : "s"} settled.`)));
   });
   function drawMembers() {
     if (!memberList.length) return;
     const line = statusLine("members-status");
-    members.replaceChildren(h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "person"), h("th", {}, "role"), h("th", {}, ""))),
+    fill(members, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "person"), h("th", {}, "role"), h("th", {}, ""))),
       h("tbody", {}, memberList.map((m) => h("tr", {},
         h("td", {}, h("span", { title: m.user_id }, m.name || m.email || m.user_id), m.email && m.name ? h("span", { class: "muted" }, ` ${m.email}`) : null),
         h("td", {}, m.role === "owner" || me !== "owner" ? h("span", { class: `role ${m.role}` }, m.role)
@@ -291,7 +375,118 @@ function workspacePage(main, workspaceId) {
             () => client.mutation("corral/workspace_members:remove_member", { workspace_id: workspaceId, user_id: m.user_id }),
             `Removed ${m.name || m.user_id}.`).catch(() => {}) }, "Remove") : null))))), line);
   }
-  threadsAndRuns(workspaceId, starter, runs, () => memberList);
+  const showThread = threadsAndRuns(workspaceId, starter, runs, () => memberList);
+  threadList(workspaceId, threads, () => memberList, showThread);
+}
+
+function threadList(workspaceId, box, members, showThread) {
+  const list = h("div", { id: "thread-list" });
+  const line = statusLine("thread-status");
+  const title = field("new-thread-title", { maxlength: 200, placeholder: "Fix the flaky test", "aria-label": "thread title" });
+  fill(box, list, h("form", { class: "inline", onsubmit: async (e) => {
+    e.preventDefault();
+    try {
+      await act(line, () => client.mutation("corral/threads:create", { workspace_id: workspaceId, ...(title.value.trim() ? { title: title.value } : {}) }), "Created.");
+      clearDraft("new-thread-title");
+      title.value = "";
+    } catch { /* shown */ }
+  } }, h("label", { for: "new-thread-title" }, "New thread"), title, h("button", { type: "submit" }, "Create thread"), line));
+  pagedList(list, "corral/threads:list", { workspace_id: workspaceId }, (el, page) => {
+    if (!page.length) return fill(el, h("p", { class: "muted" }, "No thread yet: starting a run makes one, or create one here."));
+    fill(el, h("ul", { class: "cards" }, page.map((t) => h("li", { "data-thread": t._id },
+      h("strong", {}, t.title || "untitled"), " ", h("span", { class: "muted" }, `by ${person(t.creator_id, members())}, ${when(t._creationTime)}`), " ",
+      h("button", { type: "button", class: "quiet", onclick: () => { showThread(t._id); document.getElementById("runs-h")?.scrollIntoView(); } }, "Its runs")))));
+  }, { more: "Show more threads" });
+}
+
+function ownerForms(current, members) {
+  const w = current();
+  const wsId = w._id;
+  // monthly budget
+  const budgetLine = statusLine("budget-status");
+  const budget = h("input", { id: "budget", type: "number", min: "0", step: "0.01", inputmode: "decimal", placeholder: "none",
+                               value: w.monthly_budget_usd ?? "", "aria-describedby": "budget-help" });
+  const budgetForm = h("form", { class: "inline", onsubmit: async (e) => {
+    e.preventDefault();
+    const text = budget.value.trim();
+    const value = text === "" ? null : Number(text);
+    try { await act(budgetLine, () => client.mutation("corral/workspaces:set_budget", { workspace_id: wsId, monthly_budget_usd: value }), value === null ? "No budget." : `Budget set to ${usd(value)} a month.`); } catch { /* shown */ }
+  } }, h("label", { for: "budget" }, "Monthly budget (US$)"), budget, h("button", { type: "submit" }, "Set budget"),
+  h("span", { class: "muted", id: "budget-help" }, "empty: none; past it, new runs are refused"), budgetLine);
+  // transfer ownership, to an admin
+  const transferLine = statusLine("transfer-status");
+  const to = h("select", { id: "transfer-to" });
+  to.refresh = () => {
+    const keep = to.value;
+    const admins = members().filter((m) => m.role === "admin");
+    fill(to, ...(admins.length ? admins.map((m) => h("option", { value: m.user_id, selected: m.user_id === keep }, m.name || m.email || m.user_id))
+      : [h("option", { value: "" }, "no admin yet")]));
+    to.disabled = !admins.length;
+  };
+  to.refresh();
+  const transferForm = h("form", { class: "inline", onsubmit: async (e) => {
+    e.preventDefault();
+    if (!to.value) { transferLine.className = "status error"; transferLine.textContent = "Make someone an admin first: ownership goes to an admin."; return; }
+    const name = to.selectedOptions[0]?.textContent;
+    if (!confirm(`Make ${name} the owner of ${current().name}? You become an admin.`)) return;
+    try { await act(transferLine, () => client.mutation("corral/workspaces:transfer_ownership", { workspace_id: wsId, user_id: to.value }), `${name} is now the owner; you are an admin.`); } catch { /* shown */ }
+  } }, h("label", { for: "transfer-to" }, "Hand over to"), to, h("button", { type: "submit", class: "quiet" }, "Transfer ownership"), transferLine);
+  // remove, confirmed by typing the name
+  const removeLine = statusLine("remove-status");
+  const typed = h("input", { id: "remove-confirm", autocomplete: "off", "aria-describedby": "remove-help" });
+  const removeForm = h("form", { class: "card", onsubmit: async (e) => {
+    e.preventDefault();
+    const wsName = current().name;
+    if (typed.value !== wsName) { removeLine.className = "status error"; removeLine.textContent = `Type the workspace's name, ${wsName}, exactly to remove it.`; return; }
+    try {
+      await act(removeLine, () => client.mutation("corral/workspaces:remove", { workspace_id: wsId }));
+      state.notice = `Removing ${wsName}: its artifacts, runs (their sandboxes killed), threads and members go first.`;
+      location.hash = "#/";
+    } catch { /* shown */ }
+  } }, h("h3", {}, "Remove this workspace"),
+  h("p", { id: "remove-help" }, "Everything in it goes: artifacts and their files, runs (live sandboxes are killed), threads, members. Type its name to confirm."),
+  h("div", { class: "inline" }, h("label", { for: "remove-confirm" }, "Name"), typed, h("button", { type: "submit", class: "reject" }, "Remove workspace")), removeLine);
+  return [budgetForm, transferForm, removeForm];
+}
+
+function apiKeys(workspaceId, members) {
+  const list = h("div", { id: "key-list" }, h("p", { class: "muted" }, "Loading…"));
+  const shown = h("div", { id: "new-key" });
+  const line = statusLine("key-status");
+  const name = field("new-key-name", { required: true, maxlength: 100, placeholder: "ci", "aria-label": "key name" });
+  const form = h("form", { class: "inline", onsubmit: async (e) => {
+    e.preventDefault();
+    try {
+      const made = await act(line, () => client.action("corral/workspace_keys:create_api_key", { workspace_id: workspaceId, name: name.value }));
+      clearDraft("new-key-name");
+      name.value = "";
+      const env = h("pre", { id: "new-key-env", tabindex: "0" }, e2bLines(made.key));
+      const copied = h("span", { class: "status", role: "status" });
+      const copy = h("button", { type: "button", id: "copy-key", onclick: async () => {
+        try { await navigator.clipboard.writeText(env.textContent); copied.textContent = "Copied."; }
+        catch { getSelection().selectAllChildren(env); copied.textContent = "Selected: press Ctrl+C (⌘C) to copy."; }
+      } }, "Copy");
+      fill(shown, h("div", { class: "card notice", role: "status" },
+        h("p", {}, h("strong", {}, `Key ${made.name} created.`), " Copy it now: it is not shown again. Paste these lines into a shell that runs the ", h("code", {}, "e2b"), " SDK:"),
+        env, h("div", { class: "inline" }, copy, h("button", { type: "button", class: "quiet", onclick: () => fill(shown) }, "Done"), copied)));
+      copy.focus();
+    } catch { /* shown */ }
+  } }, h("label", { for: "new-key-name" }, "New key"), name, h("button", { type: "submit" }, "Create key"), line);
+  live("corral/workspace_keys:list_api_keys", { workspace_id: workspaceId }, (keys, error) => {
+    if (error) return problem(list, error);
+    if (!keys.length) return fill(list, h("p", { class: "muted" }, "No key yet."));
+    const status = statusLine("revoke-status");
+    fill(list, h("table", { class: "keys" },
+      h("thead", {}, h("tr", {}, ["name", "key", "created", "by", ""].map((c) => h("th", {}, c)))),
+      h("tbody", {}, [...keys].reverse().map((k) => h("tr", { "data-key": k.id },
+        h("td", {}, k.name), h("td", {}, h("code", {}, k.hint)), h("td", {}, when(k.created)), h("td", {}, person(k.created_by, members())),
+        h("td", {}, k.revoked ? h("span", { class: "state canceled" }, `revoked ${when(k.revoked)}`)
+          : h("button", { type: "button", class: "quiet", "aria-label": `revoke ${k.name}`, onclick: () => act(status,
+            () => client.mutation("corral/workspace_keys:revoke_api_key", { workspace_id: workspaceId, key_id: k.id }), `Revoked ${k.name}.`).catch(() => {}) }, "Revoke")))))), status);
+  });
+  return [h("h2", { id: "keys-h" }, "API keys"),
+    h("p", { class: "muted" }, "A workspace key lets the official e2b SDK reach this workspace's sandboxes, and nothing else. Owners and admins create and revoke them."),
+    shown, form, list];
 }
 
 function renameForm(w) {
@@ -335,7 +530,7 @@ function threadsAndRuns(workspaceId, starter, runsBox, members) {
   const threadSelect = h("select", { id: "thread", "aria-label": "thread" }, h("option", { value: "" }, "a new thread"));
   const line = statusLine("start-status");
   let threadFilter = "";
-  starter.replaceChildren(h("form", { class: "inline", onsubmit: async (e) => {
+  fill(starter, h("form", { class: "inline", onsubmit: async (e) => {
     e.preventDefault();
     try {
       await act(line, async () => {
@@ -346,7 +541,7 @@ function threadsAndRuns(workspaceId, starter, runsBox, members) {
     } catch { /* shown */ }
   } }, h("label", { for: "thread" }, "Thread"), threadSelect, h("button", { type: "submit", id: "start-run" }, "Start a run"),
   h("label", { for: "thread-filter" }, "Show"),
-  h("select", { id: "thread-filter", onchange: (e) => { threadFilter = e.target.value; shown = PAGE; subscribeRuns(); } }, h("option", { value: "" }, "all threads")),
+  h("select", { id: "thread-filter", onchange: (e) => showThread(e.target.value) }, h("option", { value: "" }, "all threads")),
   line));
   live("corral/threads:list", { workspace_id: workspaceId, paginationOpts: { numItems: PAGE, cursor: null } }, (threads, error) => {
     if (error || !threads) return;
@@ -354,25 +549,26 @@ function threadsAndRuns(workspaceId, starter, runsBox, members) {
     for (const select of [threadSelect, document.getElementById("thread-filter")]) {
       if (!select) continue;
       const keep = select.value;
-      select.replaceChildren(h("option", { value: "" }, select === threadSelect ? "a new thread" : "all threads"),
-        options.map(([id, title]) => h("option", { value: id, selected: id === keep }, title)));
+      fill(select, h("option", { value: "" }, select === threadSelect ? "a new thread" : "all threads"),
+        ...options.map(([id, title]) => h("option", { value: id, selected: id === keep }, title)));
     }
   });
   let stopRuns = null;
-  let shown = PAGE; // one live page that grows by PAGE with "Show more"
   function subscribeRuns() {
     if (stopRuns) stopRuns();
-    const paginationOpts = { numItems: shown, cursor: null };
     const [path, args] = threadFilter
-      ? ["corral/sandbox_runs:list_by_thread", { thread_id: threadFilter, paginationOpts }]
-      : ["corral/sandbox_runs:list_by_workspace", { workspace_id: workspaceId, paginationOpts }];
-    stopRuns = client.subscribe(path, args, (result) => {
-      drawRuns(runsBox, result.page, members());
-      if (!result.isDone) runsBox.append(h("button", { type: "button", class: "quiet", onclick: () => { shown += PAGE; subscribeRuns(); } }, "Show more runs"));
-    }, (error) => problem(runsBox, error));
+      ? ["corral/sandbox_runs:list_by_thread", { thread_id: threadFilter }]
+      : ["corral/sandbox_runs:list_by_workspace", { workspace_id: workspaceId }];
+    stopRuns = pagedList(runsBox, path, args, (box, runs) => drawRuns(box, runs, members()), { more: "Show more runs" });
   }
-  stops.push(() => stopRuns && stopRuns());
+  function showThread(threadId) {
+    threadFilter = threadId;
+    const filter = document.getElementById("thread-filter");
+    if (filter) filter.value = threadId;
+    subscribeRuns();
+  }
   subscribeRuns();
+  return showThread;
 }
 
 // A span of time that keeps counting on screen until `to` (the clock ticks here; the data does not poll).
@@ -393,8 +589,8 @@ function runTimes(run) {
 }
 
 function drawRuns(box, runs, members) {
-  if (!runs.length) return box.replaceChildren(h("p", { class: "muted" }, "No run yet."));
-  box.replaceChildren(h("table", { class: "runs" },
+  if (!runs.length) return fill(box, h("p", { class: "muted" }, "No run yet."));
+  fill(box, h("table", { class: "runs" },
     h("thead", {}, h("tr", {}, ["run", "status", "started", "duration", "idle", "cost", "by"].map((c) => h("th", {}, c)))),
     h("tbody", {}, runs.map((run) => {
       const t = runTimes(run);
@@ -422,8 +618,8 @@ function runPage(main, runId) {
     const t = runTimes(run);
     const line = statusLine("cancel-status");
     const ended = ["succeeded", "failed", "canceled"].includes(run.status);
-    head.replaceChildren("Run ", h("code", {}, run._id.slice(-8)), " ", h("span", { class: `state ${run.status}`, id: "run-status" }, run.status));
-    facts.replaceChildren(h("dl", { class: "facts" },
+    fill(head, "Run ", h("code", {}, run._id.slice(-8)), " ", h("span", { class: `state ${run.status}`, id: "run-status" }, run.status));
+    fill(facts, h("dl", { class: "facts" },
       h("dt", {}, "workspace"), h("dd", {}, h("a", { href: `#/w/${run.workspace_id}` }, "open")),
       h("dt", {}, "template"), h("dd", {}, run.template ?? "—"),
       h("dt", {}, "duration"), h("dd", {}, t.duration),
@@ -434,22 +630,22 @@ function runPage(main, runId) {
       ended ? null : h("button", { type: "button", id: "cancel-run", onclick: () => act(line,
         () => client.mutation("corral/sandbox_runs:cancel", { sandbox_run_id: runId }), "Canceled.").catch(() => {}) }, "Cancel run"),
       line);
-    history.replaceChildren(h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "status"), h("th", {}, "at"), h("th", {}, "why"))),
+    fill(history, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "status"), h("th", {}, "at"), h("th", {}, "why"))),
       h("tbody", {}, (run.history ?? []).map((e) => h("tr", {}, h("td", {}, h("span", { class: `state ${e.status}` }, e.status)), h("td", {}, when(e.at)), h("td", {}, e.reason || ""))))));
     const box = run.sandbox;
     if (box) {
-      sandbox.replaceChildren(h("dl", { class: "facts" },
+      fill(sandbox, h("dl", { class: "facts" },
         h("dt", {}, "id"), h("dd", {}, h("code", {}, box.sandbox_id)),
         h("dt", {}, "state"), h("dd", {}, h("span", { class: `state ${box.state}`, id: "sandbox-state" }, box.state)),
         h("dt", {}, "last activity"), h("dd", {}, when(box.last_activity)),
         h("dt", {}, "ends"), h("dd", {}, when(box.end_at))));
-    } else sandbox.replaceChildren(h("p", { class: "muted" }, run.status === "booting" ? "Booting…" : run.sandbox_id ? h("code", {}, run.sandbox_id) : "No sandbox."));
-    capture.replaceChildren(run.status === "running" ? captureForm(runId) : null);
+    } else fill(sandbox, h("p", { class: "muted" }, run.status === "booting" ? "Booting…" : run.sandbox_id ? h("code", {}, run.sandbox_id) : "No sandbox."));
+    fill(capture, run.status === "running" ? captureForm(runId) : null);
   });
   live("corral/artifacts:list_by_run", { sandbox_run_id: runId, paginationOpts: { numItems: PAGE, cursor: null } }, (result, error) => {
     if (error) return problem(artifacts, error);
-    if (!result.page.length) return artifacts.replaceChildren(h("p", { class: "muted" }, "No artifact captured yet."));
-    artifacts.replaceChildren(h("ul", { class: "cards" }, result.page.map((a) => h("li", {},
+    if (!result.page.length) return fill(artifacts, h("p", { class: "muted" }, "No artifact captured yet."));
+    fill(artifacts, h("ul", { class: "cards" }, result.page.map((a) => h("li", {},
       h("strong", {}, a.title), " ", h("span", { class: `state ${a.review_state}` }, a.review_state), " ",
       h("span", { class: "muted" }, `${a.type} · ${a.content_type} · ${a.size} bytes`), " ", download(a)))));
   });
@@ -522,9 +718,9 @@ function reviewPage(main, workspaceId) {
   let items = [];
   let selected = 0;
   function draw() {
-    if (!items.length) return queue.replaceChildren(h("p", { class: "muted" }, "Nothing waits for review."));
+    if (!items.length) return fill(queue, h("p", { class: "muted" }, "Nothing waits for review."));
     selected = Math.min(selected, items.length - 1);
-    queue.replaceChildren(...items.map((a, i) => {
+    fill(queue, ...items.map((a, i) => {
       const line = statusLine(`review-status-${a._id}`);
       const comment = field(`comment-${a._id}`, { tag: "textarea", rows: 2, placeholder: "comment (optional)", "aria-label": `comment on ${a.title}`, class: "comment" });
       const decide = (review_state) => act(line, () => client.mutation("corral/artifacts:update_review_state",
@@ -547,14 +743,14 @@ function reviewPage(main, workspaceId) {
   function mark() {
     [...queue.querySelectorAll("article.review")].forEach((el, i) => el.classList.toggle("selected", i === selected));
   }
-  live("corral/artifacts:list_pending", { workspace_id: workspaceId, paginationOpts: { numItems: PAGE, cursor: null } }, (result, error) => {
-    if (error) return problem(queue, error);
+  pagedList(queue, "corral/artifacts:list_pending", { workspace_id: workspaceId }, (_box, list) => {
     const focused = document.activeElement?.closest?.("article.review")?.dataset.artifact;
-    items = result.page;
+    const onCard = !document.activeElement || document.activeElement === document.body || focused;
+    items = list;
     draw();
     const again = focused && queue.querySelector(`article[data-artifact="${focused}"]`);
-    (again || queue.querySelectorAll("article.review")[selected])?.focus();
-  });
+    if (onCard) (again || queue.querySelectorAll("article.review")[selected])?.focus();
+  }, { more: "Show more artifacts" });
   const onKey = (e) => {
     if (route().page !== "review") return document.removeEventListener("keydown", onKey);
     if (e.target.matches?.("input, textarea, select") || e.ctrlKey || e.metaKey || e.altKey) return;
@@ -579,21 +775,64 @@ function auditPage(main, workspaceId) {
   const box = h("div", { id: "audit" }, h("p", { class: "muted" }, "Loading…"));
   main.append(h("h1", {}, "Audit log"), h("p", { class: "muted" }, "Every privileged act in this workspace, newest first. Owners and admins only."), box);
   let members = [];
-  let last = null;
-  live("corral/workspace_members:list_members", { workspace_id: workspaceId }, (list) => { members = list ?? []; if (last) draw(last); });
-  live("corral/audit:list", { workspace_id: workspaceId, paginationOpts: { numItems: PAGE, cursor: null } }, (result, error) => {
-    if (error) return problem(box, error);
-    last = result;
-    draw(result);
-  });
-  function draw(result) {
-    if (!result.page.length) return box.replaceChildren(h("p", { class: "muted" }, "Nothing yet."));
+  const entries = pagedList(box, "corral/audit:list", { workspace_id: workspaceId }, (_box, page) => draw(page), { more: "Show more entries" });
+  live("corral/workspace_members:list_members", { workspace_id: workspaceId }, (list) => { members = list ?? []; entries.redraw(); });
+  function draw(page) {
+    if (!page.length) return fill(box, h("p", { class: "muted" }, "Nothing yet."));
     const show = (v) => (v === null || v === undefined ? "—" : JSON.stringify(v));
-    box.replaceChildren(h("table", {}, h("thead", {}, h("tr", {}, ["when", "who", "did", "to", "before", "after"].map((c) => h("th", {}, c)))),
-      h("tbody", {}, result.page.map((e) => h("tr", {}, h("td", {}, when(e.at)), h("td", { title: e.actor }, person(e.actor, members)),
-        h("td", {}, h("code", {}, e.action)), h("td", { class: "wrap", title: e.target }, e.target.includes("|") ? person(e.target, members) : e.target),
+    fill(box, h("table", { class: "audit" }, h("thead", {}, h("tr", {}, ["when", "who", "did", "to", "before", "after"].map((c) => h("th", {}, c)))),
+      h("tbody", {}, page.map((e) => h("tr", {}, h("td", {}, when(e.at)), h("td", { title: e.actor }, person(e.actor, members)),
+        h("td", {}, h("code", {}, e.action)), h("td", { class: "wrap", title: e.target }, e.target === workspaceId ? "this workspace" : e.target.includes("|") ? person(e.target, members) : e.target),
         h("td", { class: "wrap" }, show(e.before)), h("td", { class: "wrap" }, show(e.after)))))));
   }
+}
+
+// -- operator: every sandbox and runner of the node (corral/operator:*), live; refused to anyone else
+function e2bLines(key) {
+  return [`export E2B_API_URL=${origin}/e2b`, `export E2B_SANDBOX_URL=${origin}/envd`, `export E2B_API_KEY=${key}`].join("\n");
+}
+
+function operatorPage(main) {
+  currentWorkspace = null;
+  const sandboxes = h("div", { id: "operator-sandboxes" }, h("p", { class: "muted" }, "Loading…"));
+  const runners = h("div", { id: "operator-runners" }, h("p", { class: "muted" }, "Loading…"));
+  main.append(h("h1", {}, "Operator"),
+    h("p", { class: "muted" }, "Every sandbox of this node, whoever owns it, and the runners that host them. For the node's operators only."),
+    h("section", { "aria-labelledby": "sandboxes-h" }, h("h2", { id: "sandboxes-h" }, "Sandboxes"), sandboxes),
+    h("section", { "aria-labelledby": "runners-h", class: "operator-only", hidden: true }, h("h2", { id: "runners-h" }, "Runners"), runners),
+    h("section", { "aria-labelledby": "connect-h", class: "operator-only", hidden: true }, h("h2", { id: "connect-h" }, "Connect"),
+      h("p", {}, "Convex clients: ", h("code", {}, `new ConvexClient("${origin}")`), ". The E2B SDK, with a key from ",
+        h("code", {}, "corral api-key create"), " or a workspace's API keys:"),
+      h("pre", {}, e2bLines("e2b_…"))));
+  const sandboxRow = (b) => h("tr", { "data-sandbox": b.sandbox_id },
+    h("td", {}, h("code", {}, b.sandbox_id)),
+    h("td", {}, h("span", { class: `state ${b.state}` }, b.state + (b.state === "paused" && b.paused_reason ? ` (${b.paused_reason})` : ""))),
+    h("td", {}, b.template), h("td", {}, b.runner),
+    h("td", { class: b.owner.startsWith("workspace|") ? null : "wrap", title: b.owner }, b.owner.startsWith("workspace|") ? h("a", { href: `#/w/${b.owner.split("|")[1]}` }, "a workspace") : person(b.owner)),
+    h("td", {}, when(b.started_at)), h("td", {}, b.state === "running" ? when(b.end_at) : "—"), h("td", {}, when(b.last_activity)));
+  const sandboxTable = (list) => h("table", { class: "sandboxes" },
+    h("thead", {}, h("tr", {}, ["sandbox", "state", "template", "runner", "owner", "started", "ends", "last activity"].map((c) => h("th", {}, c)))),
+    h("tbody", {}, list.map(sandboxRow)));
+  live("corral/operator:sandboxes", {}, (found, error) => {
+    for (const section of main.querySelectorAll(".operator-only")) section.hidden = Boolean(error);
+    if (error) return problem(sandboxes, error);
+    const c = found.counts;
+    fill(sandboxes, 
+      h("p", { class: "muted", id: "sandbox-counts" }, `${c.running ?? 0} running, ${c.paused ?? 0} paused, ${c.lost ?? 0} lost, ${c.killed}${found.killed_capped ? "+" : ""} killed`),
+      found.sandboxes.length ? sandboxTable(found.sandboxes) : h("p", { class: "muted" }, "No running or paused sandbox."),
+      found.more ? h("p", {}, `… and ${found.more} more.`) : null,
+      found.killed.length ? h("details", {}, h("summary", {}, `latest killed (${found.killed.length})`), sandboxTable(found.killed)) : null);
+  });
+  live("corral/operator:runners", {}, (found, error) => {
+    if (error) return problem(runners, error);
+    if (!found.length) return fill(runners, h("p", { class: "muted" }, "No runner has registered."));
+    fill(runners, h("table", { class: "runners" },
+      h("thead", {}, h("tr", {}, ["runner", "state", "capacity", "sandboxes", "labels", "templates", "last heartbeat"].map((c) => h("th", {}, c)))),
+      h("tbody", {}, found.map((r) => h("tr", { "data-runner": r.name },
+        h("td", {}, h("code", {}, r.name)), h("td", {}, h("span", { class: `state ${r.state === "up" ? "running" : "lost"}` }, r.state)),
+        h("td", {}, String(r.capacity)), h("td", {}, String(r.sandboxes)), h("td", {}, (r.labels ?? []).join(", ") || "—"),
+        h("td", {}, (r.templates ?? []).join(", ") || "—"), h("td", {}, when(r.last_heartbeat)))))));
+  });
 }
 
 // -- start

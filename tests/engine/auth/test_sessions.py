@@ -41,13 +41,14 @@ def bearer(token: str) -> dict[str, str]:
 
 def test_a_sign_in_link_works_once_and_gives_a_refreshable_session(served: ServedNode) -> None:
     ticket = link(served, subject="ada", name="Ada Lovelace", email="ada@example.com")
+    before = served.clock.time()
     opened = session(served, "", {"ticket": ticket})
     assert opened.status_code == 200, opened.text
     body = opened.json()
     identity = served.whoami(bearer(body["token"])).json()["value"]
     assert identity["tokenIdentifier"] == body["tokenIdentifier"] and identity["subject"] == "ada"
     assert identity["name"] == "Ada Lovelace" and identity["email"] == "ada@example.com"
-    assert body["expiresAt"] - served.clock.time() == pytest.approx(TOKEN_TTL, abs=1)
+    assert before + TOKEN_TTL - 1 <= body["expiresAt"] <= served.clock.time() + TOKEN_TTL  # whole seconds
 
     again = session(served, "", {"ticket": ticket})
     assert again.status_code == 401 and "already used" in again.json()["message"]
@@ -62,8 +63,7 @@ def test_a_sign_in_link_works_once_and_gives_a_refreshable_session(served: Serve
 def test_without_a_subject_the_link_is_for_the_nodes_local_user(served: ServedNode) -> None:
     body = session(served, "", {"ticket": link(served)}).json()
     assert body["subject"] == "me" and body["tokenIdentifier"].endswith("|me")
-    assert body["operator"] is True  # the console links the operator's page for the node's local user only
-    assert session(served, "", {"ticket": link(served, subject="ada")}).json()["operator"] is False
+    assert "operator" not in body  # who is an operator is the server's to say (corral/operator:me)
 
 
 def test_sign_out_ends_the_session(served: ServedNode) -> None:

@@ -127,7 +127,7 @@ def test_unknown_routes_under_each_plane_are_404_json(live_node):
 
 
 def test_console_and_metrics(live_node):
-    page = httpx.get(live_node.url + "/operator")  # the operator page; / is the live app (docs/console.md)
+    page = httpx.get(live_node.url + "/operator", headers={"Authorization": f"Convex {live_node.admin_key}"})  # operators only
     assert page.status_code == 200
     assert "rooms:latest" in page.text and "kitchen_sink" in page.text and "workspaces" in page.text
     post(live_node, "/api/query", {"path": "rooms:list"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -203,3 +204,21 @@ def test_transition_frames_are_plain_json_text(live_node):
     raw = client.ws.recv(timeout=10)
     assert isinstance(raw, str)
     assert orjson.loads(raw)["type"] == "Transition"
+
+
+def test_a_failed_query_runs_again_when_what_it_read_changes(live_node):
+    """A refusal is not forever: the subscription waits on what the query read before it failed."""
+    admin = {"Authorization": f"Convex {live_node.admin_key}"}
+    token = httpx.post(live_node.url + "/api/auth/tokens", json={"subject": "ada"}, headers=admin, timeout=30).json()["token"]
+    client = SyncClient(live_node.url)
+    client.send({"type": "Authenticate", "tokenType": "User", "value": token, "baseVersion": 0})
+    me = client.subscribe("corral/operator:me")
+    refused = client.subscribe("corral/operator:runners")
+    client.recv_until(lambda m: m["type"] == "Transition" and me in client.results and refused in client.results)
+    assert client.results[refused][0] == "failed" and "only the node's operators" in client.results[refused][2]["message"]
+    granted = httpx.post(live_node.url + "/api/mutation", json={"path": "corral/operator:grant",
+                                                                 "args": {"user_id": client.results[me]["user_id"]}},
+                         headers=admin, timeout=30)
+    assert granted.json()["status"] == "success", granted.text
+    client.recv_until(lambda m: m["type"] == "Transition" and isinstance(client.results[refused], list))
+    assert client.results[me]["operator"] is True
