@@ -15,6 +15,28 @@ from pathlib import Path
 from .engine.errors import ConfigError
 
 LOCK_FILE = "node.lock"
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def secure_data_dir(data_dir: Path) -> None:
+    """Make (or tighten) the data directory so that only the node's user can read it: 0700.
+
+    It holds the SQLite database (with every sandbox's envd access token), the admin key and the
+    sandboxes' state; a directory made before this rule (0755) is tightened at start as well.
+    """
+    data_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    st = os.stat(data_dir)
+    if st.st_uid == os.geteuid() and st.st_mode & 0o777 != PRIVATE_DIR:
+        os.chmod(data_dir, PRIVATE_DIR)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `path` readable by its owner alone, never for a moment by others (a key, a secret)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), PRIVATE_FILE)  # an older file keeps its mode through O_CREAT
+        f.write(text)
 
 
 class DataDirLock:

@@ -3,7 +3,8 @@ plain `/health` and `/files`, for the sandbox named by the `E2b-Sandbox-Id` head
 
 A request reaches a sandbox when the fleet hands it over for its `X-Access-Token`; a missing,
 paused or killed sandbox answers what E2B's proxy answers (502 "The sandbox was not found"),
-a wrong token 401. Errors inside a call are Connect errors.
+and so does a wrong or missing token (nobody without it learns that the sandbox exists). Errors
+inside a call are Connect errors.
 """
 
 from __future__ import annotations
@@ -152,14 +153,17 @@ class EnvdApi:
         return await self.open(sandbox_id, request.headers.get("x-access-token"))
 
     async def open(self, sandbox_id: str, access_token: str | None) -> Sandbox:
+        """The sandbox for a data-plane request. A wrong or missing access token is answered exactly as a
+        sandbox that does not exist (E2B's 502 "The sandbox was not found"): a caller without the token must
+        not learn which sandbox ids exist. The SDKs then say the sandbox "was killed or reached its timeout"
+        (and `is_running()` is False); the node's log says which it was."""
         try:
             return await self.fleet.data_plane(sandbox_id, access_token)
         except SandboxNotFound:
             raise EnvdHttpError(502, SANDBOX_NOT_FOUND, sandbox_id) from None
         except (InvalidAccessToken, PermissionDenied):
-            what = "is missing" if not access_token else "does not hold this sandbox's access token"
-            raise EnvdHttpError(401, f"the X-Access-Token header {what}; use the envdAccessToken the API returned "
-                                     f"for sandbox {sandbox_id}") from None
+            log.info("e2b.envd_wrong_access_token", sandbox=sandbox_id, token_given=bool(access_token))
+            raise EnvdHttpError(502, SANDBOX_NOT_FOUND, sandbox_id) from None
         except SandboxUnavailable as exc:
             raise EnvdHttpError(502, f"the runner hosting sandbox {sandbox_id} is not answering: {exc}", sandbox_id) from None
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import structlog
 import uvicorn
 
+from ..data_dir_lock import secure_data_dir
 from ..engine.clock import Clock
 from ..engine.settings import Settings
 from ..listen import ListenError, bind
@@ -76,7 +77,7 @@ async def run(options: RunnerOptions, stop: asyncio.Event | None = None) -> None
 
 
 async def _serve(options: RunnerOptions, stop: asyncio.Event, listener: socket.socket) -> None:
-    options.data_dir.mkdir(parents=True, exist_ok=True)
+    secure_data_dir(options.data_dir)  # 0700: its sandboxes' state holds their envs
     provider = open_provider(options.provider, options.data_dir, uid_base=options.settings.sandbox_uid_base,
                              uid_count=options.settings.sandbox_uid_count)
     executor = Executor(provider, metrics_kept=options.settings.sandbox_metrics_kept)

@@ -53,9 +53,9 @@ class Channel:
     async def open(cls, path: str, peer_uid: int | None = None) -> Channel:
         """Connect to the agent at `path`; with `peer_uid`, refuse a listener running as any other uid.
 
-        The socket's directory belongs to the sandbox, which can replace the socket with a link to
-        any other (another sandbox's agent, a root service): the runner, root, would follow it. The
-        listener's credentials, taken by the kernel at connect, are what cannot be forged.
+        The local provider binds the socket itself where only root can write, so the sandbox cannot
+        swap it for a link; the check is the second line: the listener's credentials, taken by the
+        kernel at listen() and handed over at connect, are what cannot be forged.
         """
         try:
             reader, writer = await asyncio.open_unix_connection(path, limit=2 * wire.MAX_PAYLOAD)

@@ -11,7 +11,7 @@ import compileall
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +38,14 @@ STREAM_ID = 1  # a stream has its connection to itself
 READY_FINE_POLL = 0.25  # seconds of 1 ms polls for an agent's first answer
 
 
-def agent_argv(python: str, agent_dir: str, socket_path: str, *, home: str = HOME,
-               user: str = DEFAULT_USER) -> list[str]:
-    """The command that starts the agent, listening on `socket_path` (paths as the agent sees them)."""
-    return [python, "-I", "-S", "-B", agent_dir, "--socket", socket_path, "--home", home, "--user", user]
+def agent_argv(python: str, agent_dir: str, socket_path: str | None = None, *, listen_fd: int | None = None,
+               extra: Sequence[str] = (), home: str = HOME, user: str = DEFAULT_USER) -> list[str]:
+    """The command that starts the agent, listening on `socket_path` (paths as the agent sees them), or on
+    the socket it inherits as `listen_fd`, bound already by its launcher."""
+    where = ["--socket", socket_path] if listen_fd is None else ["--listen-fd", str(listen_fd)]
+    if (socket_path is None) == (listen_fd is None):
+        raise ValueError("give the agent either a socket path or a listening descriptor")
+    return [python, "-I", "-S", "-B", agent_dir, *where, *extra, "--home", home, "--user", user]
 
 
 def agent_env(envs: Mapping[str, str]) -> dict[str, str]:
@@ -262,7 +266,7 @@ class AgentClient:
     """Talks to one sandbox's agent over its Unix socket; reconnects when the socket reappears.
 
     `peer_uid`: the uid the agent runs as (as the host sees it); a socket whose listener runs as
-    any other is refused (the sandbox owns the socket's directory and could plant a link there)."""
+    any other is refused (a second line behind the socket's root-only directory)."""
 
     def __init__(self, socket_path: str, peer_uid: int | None = None) -> None:
         self.socket_path = socket_path

@@ -135,7 +135,7 @@ def test_sandbox_resolution_answers(served_e2b: Served) -> None:
     health = httpx.get(served_e2b.sandbox_url + "/health", headers=_envd_headers(sandbox))
     assert health.status_code == 204
     wrong = httpx.get(served_e2b.sandbox_url + "/health", headers={**_envd_headers(sandbox), "X-Access-Token": "nope"})
-    assert wrong.status_code == 401 and "X-Access-Token" in wrong.json()["message"]
+    assert wrong.status_code == 502 and wrong.json()["message"] == "The sandbox was not found"  # as an unknown one
     missing = httpx.get(served_e2b.sandbox_url + "/health", headers={"E2b-Sandbox-Id": "doesnotexist"})
     assert missing.status_code == 502
     assert missing.json() == {"sandboxId": "doesnotexist", "message": "The sandbox was not found", "code": 502}
@@ -145,7 +145,42 @@ def test_sandbox_resolution_answers(served_e2b: Served) -> None:
     no_header = httpx.get(served_e2b.sandbox_url + "/health")
     assert no_header.status_code == 400 and "E2b-Sandbox-Id" in no_header.json()["message"]
     wrong_rpc = _unary(served_e2b, sandbox, "process.Process/List", {}, **{"X-Access-Token": "nope"})
-    assert wrong_rpc.status_code == 401
+    assert wrong_rpc.status_code == 502
+
+
+def test_an_outsider_cannot_tell_a_wrong_token_from_an_unknown_sandbox(served_e2b: Served) -> None:
+    """Someone without the sandbox's access token (and no API key) probes sandbox ids: a real id with a wrong or
+    missing token must answer exactly what an id that does not exist answers, on every data-plane route."""
+    from e2b.envd.api import handle_envd_api_exception
+
+    sandbox = _create(served_e2b)
+    real, fake = sandbox["sandboxID"], "0" * len(sandbox["sandboxID"])
+
+    def probes(sandbox_id: str, token: str | None) -> list[httpx.Response]:
+        headers = {"E2b-Sandbox-Id": sandbox_id, **({"X-Access-Token": token} if token is not None else {})}
+        return [
+            httpx.get(served_e2b.sandbox_url + "/health", headers=headers),
+            httpx.post(f"{served_e2b.sandbox_url}/process.Process/List", content=b"{}",
+                       headers={**headers, "Content-Type": "application/json"}),
+            httpx.post(f"{served_e2b.sandbox_url}/process.Process/Start", content=b"\x00\x00\x00\x00\x02{}",
+                       headers={**headers, "Content-Type": "application/connect+json"}),
+            httpx.get(served_e2b.sandbox_url + "/files", params={"path": "/etc/hostname"}, headers=headers),
+        ]
+
+    def seen(response: httpx.Response, sandbox_id: str) -> tuple[int, str, str]:
+        body = response.text.replace(sandbox_id, "<id>")
+        return response.status_code, response.headers.get("content-type", ""), body
+
+    for token in ("nope", "", None):
+        for wrong, unknown in zip(probes(real, token), probes(fake, token), strict=True):
+            assert seen(wrong, real) == seen(unknown, fake), (wrong.request.url, token)
+            assert wrong.status_code == 502
+    # What the official SDK makes of it: the same "not running" error for both, and is_running() False.
+    wrong_health, unknown_health = probes(real, "nope")[0], probes(fake, "nope")[0]
+    said = str(handle_envd_api_exception(wrong_health))
+    assert said == str(handle_envd_api_exception(unknown_health))
+    assert said.startswith("The sandbox was not found: The sandbox was killed or reached its timeout")
+    assert httpx.get(served_e2b.sandbox_url + "/health", headers=_envd_headers(sandbox)).status_code == 204
 
 
 def test_runner_gone_is_a_clear_error(served_e2b: Served, monkeypatch: pytest.MonkeyPatch) -> None:

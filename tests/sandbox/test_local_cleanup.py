@@ -34,11 +34,12 @@ def _snapshot(env: Env, runtime: Path) -> dict[str, object]:
     hierarchies = {v1_mounts()[c] for c in ("memory", "pids", "cpu", "cpuacct", "freezer")}
     return {
         "processes": [pid for slot in range(4) for pid in processes_of_uid(env.uid_base + slot)],
-        "mounts": mountinfo_lines(str(runtime)) + mountinfo_lines(str(env.root)),
+        "mounts": [line for line in mountinfo_lines(str(runtime)) + mountinfo_lines(str(env.root))
+                   if f" {runtime / 'share'} " not in line],  # the open provider's share (share.py)
         "loops": loop_devices_of(str(env.root)),
         "cgroups": sorted(str(p) for h in hierarchies for p in (h / env.cgroup_root).glob("*") if p.is_dir()),
         "sandbox dirs": sorted(os.listdir(env.root / "sandboxes")),
-        "runtime dirs": sorted(d for d in os.listdir(runtime) if d not in ("templates", "owner.json")),
+        "runtime dirs": sorted(d for d in os.listdir(runtime) if d not in ("templates", "share", "owner.json")),
     }
 
 
@@ -57,6 +58,8 @@ def test_many_create_kill_cycles_leave_nothing_behind(env: Env) -> None:
             assert sandbox.host_uid == env.uid_base  # the slot is reused after each kill
             await sandbox.kill()
         assert _snapshot(env, runtime) == empty
+        await provider.close()
+        assert mountinfo_lines(str(runtime)) == [], "the share stays mounted after its provider closed"
 
     require_network_tools()
     run(scenario(), timeout=280)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -56,6 +57,7 @@ class SqliteStore(Store):
 
     def open(self, schema: Schema) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private_database(self.path)
         self.schema = schema
         writer = SqliteConn(self._connect(), self.dialect)
         writer.execute("BEGIN IMMEDIATE")
@@ -217,3 +219,21 @@ def _set_results(pairs: list[tuple[asyncio.Future[WriteOutcome], WriteOutcome]])
     for future, outcome in pairs:
         if not future.done():
             future.set_result(outcome)
+
+
+DATABASE_MODE = 0o600
+
+
+def _private_database(path: Path) -> None:
+    """The database file and its -wal/-shm readable by their owner alone (they hold envd access tokens).
+
+    The file is made 0600 before SQLite opens it, which then creates -wal and -shm with the same mode;
+    files made before this rule are tightened here too."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, DATABASE_MODE)
+    os.close(fd)
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"),
+                 path.with_name(path.name + "-journal")):
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(name)
+            if st.st_uid == os.geteuid() and st.st_mode & 0o777 != DATABASE_MODE:
+                os.chmod(name, DATABASE_MODE)

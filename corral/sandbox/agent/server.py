@@ -65,8 +65,16 @@ class Agent:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def listen(self) -> None:
-        """Bind under a temporary name and rename: the socket's path exists only once it listens."""
+    def listen(self, fd: int | None = None) -> None:
+        """Listen on the inherited, already bound socket `fd`; else bind under a temporary name and rename
+        (the socket's path exists only once it listens)."""
+        if fd is not None:
+            os.set_inheritable(fd, False)  # the sandbox's processes must not inherit the agent's listener
+            self.server = socket.socket(fileno=fd)
+            self.server.listen(128)
+            self.server.setblocking(False)
+            self.loop.watch(self.server.fileno(), READ, self._accept)
+            return
         staging = self.socket_path + ".new"
         for path in (staging, self.socket_path):
             with contextlib.suppress(FileNotFoundError):
@@ -251,29 +259,43 @@ def _parse(argv: list[str]) -> dict[str, str]:
     options = {"--home": os.path.expanduser("~"), "--user": ""}
     it = iter(argv)
     for arg in it:
-        if arg in ("--socket", "--home", "--user"):
+        if arg in ("--socket", "--listen-fd", "--log", "--home", "--user"):
             value = next(it, None)
             if value is None:
                 raise SystemExit(f"corral-agent: {arg} needs a value")
             options[arg] = value
         else:
-            raise SystemExit(f"corral-agent: unknown argument {arg!r}; usage: --socket PATH [--home DIR] [--user NAME]")
-    if "--socket" not in options:
-        raise SystemExit("corral-agent: --socket PATH is required")
+            raise SystemExit(f"corral-agent: unknown argument {arg!r}; usage: --socket PATH | --listen-fd FD "
+                             "[--log FILE] [--home DIR] [--user NAME]")
+    if ("--socket" in options) == ("--listen-fd" in options):
+        raise SystemExit("corral-agent: one of --socket PATH or --listen-fd FD is required")
     return options
+
+
+def _log_to(path: str) -> None:
+    """Send stdout and stderr to `path`, opened here: the descriptors the agent inherited name the log by
+    its host path, which no process of the sandbox may read (in /proc/1/fd)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def main(argv: list[str]) -> int:
     options = _parse(argv)
+    if "--log" in options:
+        _log_to(options["--log"])
     import json
 
     envs = json.loads(os.environ.pop("CORRAL_AGENT_ENVS", "") or "{}")
     user = options["--user"] or os.environ.get("USER") or str(os.getuid())
-    agent = Agent(options["--socket"], options["--home"], user, envs)
+    listen_fd = options.get("--listen-fd")
+    agent = Agent(options.get("--socket", ""), options["--home"], user, envs)
     agent.handle_signals()
-    agent.listen()
+    agent.listen(int(listen_fd) if listen_fd is not None else None)
     agent.become_subreaper()
     agent.loop.run()
-    with contextlib.suppress(OSError):
-        os.unlink(agent.socket_path)
+    if listen_fd is None:
+        with contextlib.suppress(OSError):
+            os.unlink(agent.socket_path)
     return 0

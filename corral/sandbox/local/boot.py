@@ -3,15 +3,17 @@
 Everything here is synchronous and runs on a worker thread of the provider. A sandbox's host
 directory (`<root>/sandboxes/<id>/`) holds `state.json` and `disk.img` (its writable disk); its runtime directory
 (`<runtime>/<id>/`, which bubblewrap, running as the sandbox's uid, must be able to reach)
-holds `run/` (the agent's socket) and `disk/`, where the image is mounted, with `sandbox.log` at
-its top (out of the sandbox's view): bubblewrap, the agent and slirp4netns hold that log open as
-their stdout and stderr, and a process of the sandbox can take those descriptors (pidfd_getfd or
-ptrace, same uid), so the log must be charged to the sandbox's disk, not the host's. Booting from existing files is how a paused sandbox comes back after its memory
+holds `agent.sock` (bound here by root, in a directory only root may write; the agent inherits it)
+and `disk/`, where the image is mounted, with `sandbox.log` at its top (bound at /.corral/log, where
+the agent reopens it): bubblewrap, the agent and slirp4netns hold that log open as their stdout and
+stderr, and a process of the sandbox can take those descriptors (pidfd_getfd or ptrace, same uid),
+so the log must be charged to the sandbox's disk, not the host's. Booting from existing files is how a paused sandbox comes back after its memory
 was lost.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -19,6 +21,8 @@ import os
 import select
 import shutil
 import signal
+import socket as socketlib
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -28,7 +32,7 @@ from typing import BinaryIO
 from ..agent_client import AGENT_DIR, agent_argv, agent_env
 from ..protocol import SandboxError, SandboxSpec
 from . import disk, network
-from .bwrap import HOST_USR_MOUNT, RUN_MOUNT, bwrap_argv, root_wrapper
+from .bwrap import HOST_USR_MOUNT, LOG_MOUNT, bwrap_argv, root_wrapper
 from .cgroups import CgroupLimits, Cgroups
 from .templates import Template
 
@@ -82,12 +86,15 @@ class SandboxPaths:
         return self.dir / "state.json"
 
     @property
-    def run(self) -> Path:
-        return self.runtime / "run"
+    def socket(self) -> Path:
+        """The agent's socket: bound by the runner (root) in the sandbox's runtime directory, which only
+        root may write, and never in the sandbox's view; the agent inherits it already bound (see `boot`)."""
+        return self.runtime / SOCKET
 
     @property
-    def socket(self) -> Path:
-        return self.run / SOCKET
+    def legacy_socket(self) -> Path:
+        """Where sandboxes booted before the runner bound their socket itself had it (still adopted)."""
+        return self.runtime / "run" / SOCKET
 
     @property
     def image(self) -> Path:
@@ -119,11 +126,29 @@ class Host:
         self.cgroups = cgroups
         self.tools = tools
         self.agent_python = agent_python
+        self.agent_dir = Path(AGENT_DIR)  # the provider points it at its copy in the share (share.py)
         self.images = root / "images"
         self.tun_node = root / "net" / "tun"
+        # Per sandbox, the processes this provider started for it (bubblewrap's wrapper, slirp4netns):
+        # `stop` waits for each once the cgroup is killed, so none is left a zombie until the next create.
+        self._children: dict[str, list[subprocess.Popen[bytes]]] = {}
 
     def paths(self, sandbox_id: str) -> SandboxPaths:
-        return SandboxPaths(self.root / "sandboxes" / sandbox_id, self.runtime / sandbox_id)
+        runtime = self.runtime / sandbox_id
+        legacy = self.root / "rt" / sandbox_id
+        if legacy != runtime and legacy.is_dir() and disk.is_mounted(legacy / "disk"):
+            # Booted while the data directory was searchable (an older Corral left it 0755): it runs
+            # from there until it is next booted (`retire_legacy_runtime`).
+            runtime = legacy
+        return SandboxPaths(self.root / "sandboxes" / sandbox_id, runtime)
+
+    def retire_legacy_runtime(self, paths: SandboxPaths) -> bool:
+        """Move a stopped sandbox off a runtime directory under the (now private) root; True if it was there."""
+        if paths.runtime == self.runtime / paths.runtime.name:
+            return False
+        disk.unmount(paths.disk)
+        shutil.rmtree(paths.runtime, ignore_errors=True)
+        return True
 
     # -- disk --------------------------------------------------------------------------------
 
@@ -154,38 +179,69 @@ class Host:
 
     # -- boot --------------------------------------------------------------------------------
 
-    def agent_command(self, template: Template) -> list[str]:
-        socket = f"{RUN_MOUNT}/{SOCKET}"
+    def agent_command(self, template: Template, listen_fd: int) -> list[str]:
         agent = "/.corral/agent"
+        extra = ["--log", LOG_MOUNT]
         if template.is_base:
-            return agent_argv(self.agent_python, agent, socket)
+            return agent_argv(self.agent_python, agent, listen_fd=listen_fd, extra=extra)
         # The template may hold no Python (or another libc): run the host's, with the host's loader.
         python = HOST_USR_MOUNT + self.agent_python.removeprefix("/usr")
         loader = HOST_USR_MOUNT + str(Path(HOST_LOADER).resolve()).removeprefix("/usr")
         libs = ":".join(HOST_USR_MOUNT + d for d in ("/lib/x86_64-linux-gnu", "/lib64", "/lib"))
-        return [loader, "--library-path", libs, *agent_argv(python, agent, socket)]
+        return [loader, "--library-path", libs, *agent_argv(python, agent, listen_fd=listen_fd, extra=extra)]
+
+    def bind_socket(self, paths: SandboxPaths) -> socketlib.socket:
+        """The agent's socket, bound (not listening) at `paths.socket` by root, for the agent to inherit.
+
+        Only root can write the directory it is in, so the sandbox cannot swap it for a link, and it is
+        bound through /proc/self/fd so that its address (getsockname in the sandbox) names no host path.
+        The agent calls listen(): the kernel then records the agent's credentials as the listener's,
+        which the runner checks at each connect.
+        """
+        directory = os.open(paths.runtime, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(SOCKET, dir_fd=directory)
+            sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+            try:
+                sock.bind(f"/proc/self/fd/{directory}/{SOCKET}")
+                os.chmod(SOCKET, 0o600, dir_fd=directory, follow_symlinks=False)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        finally:
+            os.close(directory)
 
     def boot(self, spec: SandboxSpec, template: Template, host_uid: int) -> Booted:
         """Start the sandbox's processes on its prepared disk; returns once they run (not once the agent listens)."""
         paths = self.paths(spec.sandbox_id)
-        paths.run.mkdir(mode=0o700, exist_ok=True)
-        os.chown(paths.run, host_uid, host_uid)
-        with contextlib.suppress(FileNotFoundError):
-            paths.socket.unlink()
+        legacy_run = paths.runtime / "run"  # an old layout's socket directory, owned by the sandbox's uid
+        if legacy_run.is_symlink():
+            legacy_run.unlink()
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(legacy_run)
+        with _open_log(paths) as log:
+            st = os.fstat(log.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # never chown a file linked from elsewhere
+                raise BootError(f"the sandbox's log {paths.log} is not a plain file of its own: remove it")
+            os.fchown(log.fileno(), host_uid, host_uid)  # the agent reopens it inside, at LOG_MOUNT
+        listener = self.bind_socket(paths)
         name = spec.sandbox_id
         self.cgroups.create(name, CgroupLimits(memory_bytes=spec.limits.memory_mb * 1024 * 1024,
                                                pids=spec.limits.pids, cpu_count=spec.limits.cpu_count))
         join = self.cgroups.join_files(name)
         info_r = info_w = block_r = block_w = -1
-        opened: list[int] = []
+        opened: list[int] = [listener.detach()]
         internet = spec.allow_internet
         try:
             if internet:
                 info_r, info_w = os.pipe2(os.O_CLOEXEC)
                 block_r, block_w = os.pipe2(os.O_CLOEXEC)
             argv = bwrap_argv(bwrap=self.tools.bwrap, template=template,
-                              home=paths.disk / "home", tmp=paths.disk / "tmp", run=paths.run,
-                              agent_dir=Path(AGENT_DIR), command=self.agent_command(template),
+                              home=paths.disk / "home", tmp=paths.disk / "tmp", log=paths.log,
+                              agent_dir=self.agent_dir, command=self.agent_command(template, opened[0]),
                               info_fd=info_w if internet else None, block_fd=block_r if internet else None)
             # bubblewrap reads its options from a pipe: the host paths stay out of the sandbox's /proc/1/cmdline
             args_r, args_w = os.pipe2(os.O_CLOEXEC)
@@ -195,24 +251,43 @@ class Host:
             os.close(args_w)
             command = root_wrapper(join_files=join, host_uid=host_uid, setpriv=self.tools.setpriv,
                                    argv=[argv[0], "--args", str(args_r), *argv[split:]])
-            keep = (args_r, info_w, block_r) if internet else (args_r,)
+            keep = (opened[0], args_r, info_w, block_r) if internet else (opened[0], args_r)
             with _open_log(paths) as log:
                 process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                            pass_fds=keep, env=agent_env(spec.envs), cwd="/",
                                            start_new_session=True)
+            self._children.setdefault(name, []).append(process)
             slirp_pid = None
             if internet:
                 os.close(info_w)
                 os.close(block_r)
                 info_w = block_r = -1
                 child = self._child_pid(info_r, process, paths)
-                slirp_pid = self._start_network(child, join, host_uid, paths)
+                slirp_pid = self._start_network(name, child, join, host_uid, paths)
                 os.write(block_w, b"1")  # the firewall is in place: let the agent start
             return Booted(process, slirp_pid)
         finally:
             for fd in (info_r, info_w, block_r, block_w, *opened):
                 if fd >= 0:
                     os.close(fd)
+
+    def reap_when_done(self, sandbox_id: str, loop: asyncio.AbstractEventLoop) -> None:
+        """Reap each process started for the sandbox as soon as it ends, whenever that is (the sandbox
+        ending itself, slirp4netns dying), not at the next create: a pidfd per child in `loop`."""
+        for child in self._children.get(sandbox_id, []):
+            if child.returncode is not None:
+                continue
+            try:
+                pidfd = os.pidfd_open(child.pid)
+            except OSError:  # already gone (reaped by a wait) or no pidfd here: stop() waits for it
+                continue
+
+            def done(child: subprocess.Popen[bytes] = child, pidfd: int = pidfd) -> None:
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+                child.poll()
+
+            loop.add_reader(pidfd, done)
 
     def _child_pid(self, info_r: int, process: subprocess.Popen[bytes], paths: SandboxPaths) -> int:
         data = b""
@@ -231,7 +306,8 @@ class Host:
         except (ValueError, KeyError):
             raise BootError(f"bubblewrap did not start: {self.log_tail(paths)}") from None
 
-    def _start_network(self, child_pid: int, join: list[Path], host_uid: int, paths: SandboxPaths) -> int:
+    def _start_network(self, name: str, child_pid: int, join: list[Path], host_uid: int,
+                       paths: SandboxPaths) -> int:
         if self.tools.slirp4netns is None or self.tools.nft is None:
             raise SandboxError("internet access needs slirp4netns and nftables: apt-get install slirp4netns "
                                "nftables (or run scripts/install-system-packages)")
@@ -249,6 +325,7 @@ class Host:
             with _open_log(paths) as log:
                 slirp = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          pass_fds=(userns, netns, ready_w), cwd="/", start_new_session=True)
+            self._children.setdefault(name, []).append(slirp)
             os.close(ready_w)
             ready_w = -1
             ready, _, _ = select.select([ready_r], [], [], 10)
@@ -310,9 +387,9 @@ class Host:
                     time.sleep(0.001)
         if self.cgroups.exists(name):
             self.cgroups.kill(name)
-        if process is not None:
+        for child in {*self._children.pop(name, []), *([process] if process is not None else [])}:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=5)
+                child.wait(timeout=5)  # reaped now: no zombie slirp4netns or wrapper until the next create
         self.cgroups.remove(name)
 
     def destroy(self, sandbox_id: str, process: subprocess.Popen[bytes] | None = None,
@@ -321,6 +398,8 @@ class Host:
         self.stop(sandbox_id, process, bwrap_pid)
         paths = self.paths(sandbox_id)
         disk.unmount(paths.disk)
+        if paths.runtime != self.runtime / sandbox_id:  # a runtime directory of the older layout (see `paths`)
+            shutil.rmtree(self.runtime / sandbox_id, ignore_errors=True)
         for directory in (paths.runtime, paths.dir):
             shutil.rmtree(directory, ignore_errors=True)
             if directory.exists():
@@ -329,7 +408,8 @@ class Host:
 
 def _open_log(paths: SandboxPaths) -> BinaryIO:
     """The sandbox's log for appending; never through a link (root opens it in the sandbox's directory)."""
-    fd = os.open(paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = os.open(paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                 0o600)  # O_NONBLOCK: a FIFO planted there fails at once instead of hanging the runner
     return os.fdopen(fd, "ab")
 
 

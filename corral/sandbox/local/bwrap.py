@@ -19,17 +19,17 @@ from .templates import Template
 
 SANDBOX_UID = 1000
 AGENT_MOUNT = "/.corral/agent"
-RUN_MOUNT = "/.corral/run"
+LOG_MOUNT = "/.corral/log"  # the sandbox's log file (on its disk), where the agent writes
 HOST_USR_MOUNT = "/.corral/host/usr"
 SHM_BYTES = 64 * 1024 * 1024
 
 
-def bwrap_argv(*, bwrap: str, template: Template, home: Path, tmp: Path, run: Path,
+def bwrap_argv(*, bwrap: str, template: Template, home: Path, tmp: Path, log: Path,
                agent_dir: Path | None, command: list[str], info_fd: int | None = None,
                block_fd: int | None = None) -> list[str]:
     argv = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
             "--unshare-cgroup", "--disable-userns", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-            "--hostname", "sandbox", "--new-session"]
+            "--hostname", "sandbox", "--new-session", "--as-pid-1"]
     if info_fd is not None:
         argv += ["--info-fd", str(info_fd)]
     if block_fd is not None:
@@ -47,7 +47,8 @@ def bwrap_argv(*, bwrap: str, template: Template, home: Path, tmp: Path, run: Pa
              "--bind", str(home), HOME,
              "--bind", str(tmp), "/tmp",
              "--dir", "/var", "--symlink", "../tmp", "/var/tmp",
-             "--bind", str(run), RUN_MOUNT]
+             "--bind", str(log), LOG_MOUNT,
+             "--remount-ro", "/dev"]
     if agent_dir is not None:
         argv += ["--ro-bind", str(agent_dir), AGENT_MOUNT]
     if not template.is_base:  # the agent runs on the host's interpreter whatever the template holds

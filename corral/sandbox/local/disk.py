@@ -142,6 +142,13 @@ def mount_image(image: Path, target: Path) -> None:
         os.close(dev)  # autoclear: the device detaches when the mount goes
 
 
+def mount_tmpfs(target: Path, size_mb: int, name: str) -> None:
+    """A tmpfs of `size_mb` at `target` (nosuid, nodev, mode 0711), named `name` in the mount table."""
+    options = f"size={size_mb}m,mode=0711".encode()
+    if _libc.mount(name.encode(), str(target).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options) != 0:
+        raise _errno_error(f"mount a tmpfs on {target}")
+
+
 def is_mounted(target: Path) -> bool:
     wanted = str(target)
     with open("/proc/self/mountinfo") as f:

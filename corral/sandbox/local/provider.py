@@ -26,7 +26,7 @@ from pathlib import Path
 import structlog
 
 from .. import proctree
-from ..agent_client import compile_agent
+from ..agent_client import AGENT_DIR
 from ..protocol import (
     InvalidSpec,
     Limits,
@@ -36,7 +36,7 @@ from ..protocol import (
     SandboxSpec,
     TemplateNotFound,
 )
-from . import disk, templates
+from . import disk, share, templates
 from .boot import Host, Tools
 from .cgroups import Cgroups, detect
 from .sandbox import LocalSandbox
@@ -100,8 +100,10 @@ def sweep_runtime_dirs(parent: Path = RUNTIME_PARENT) -> list[Path]:
             if owner.exists():
                 root = Path(json.loads(owner.read_text())["root"])
                 prefix = f"{directory}/"
-                if root.exists() or any(m.startswith(prefix) for m in mounted):
+                own_share = str(directory / share.SHARE)
+                if root.exists() or any(m.startswith(prefix) and m != own_share for m in mounted):
                     continue
+                share.release(directory)
                 shutil.rmtree(directory)
                 removed.append(directory)
             elif not any(directory.iterdir()) and now - directory.stat().st_mtime > STALE_EMPTY_S:
@@ -151,14 +153,14 @@ class LocalProvider:
                                "search it (chmod o+x it, or pass another runtime_dir)")
         self.runtime = runtime
         self.host = Host(root, runtime, cgroups or detect(cgroup_root), tools or Tools.find())
+        self.share = share.ensure(runtime)  # the agent and the templates' /etc, bound from a tmpfs (share.py)
+        self.host.agent_dir = share.install_agent(self.share, Path(AGENT_DIR))
         self._sandboxes: dict[str, LocalSandbox] = {}
         self.uids = uid_claims or UidClaims()
         self._claimed: dict[str, int] = {}  # sandbox id → the host uid it holds a claim on
         self._lock = asyncio.Lock()
         self._host_memory_mb = _host_memory_mb()
         self.default_limits = default_limits or Limits()
-        with contextlib.suppress(OSError):  # a read-only checkout: the agent then compiles at each start
-            compile_agent()
         # Warm what the first create would otherwise make: the base /etc and the default disk image.
         templates.get(root, templates.BASE, etc_root=self._etc_root)
         disk.pristine_image(self.host.images, self.default_limits.disk_mb)
@@ -182,6 +184,7 @@ class LocalProvider:
                              phase="running", started_at=time.time(), cgroup_version=self.host.cgroups.version)
         try:
             state, process = await asyncio.to_thread(self._boot_new, state, template)
+            self.host.reap_when_done(spec.sandbox_id, asyncio.get_running_loop())
         except BaseException:
             await asyncio.to_thread(self._discard, spec.sandbox_id)
             raise
@@ -217,13 +220,19 @@ class LocalProvider:
         except FileNotFoundError:  # the root was deleted under us: nothing can come back to it either
             left = any(self.runtime.glob("*/disk"))
         if not left:  # nothing to come back to: no runtime directory left
+            share.release(self.runtime)
             shutil.rmtree(self.runtime, ignore_errors=True)
+        legacy = self.root / "rt"  # the runtime directory of when the root was searchable (Host.paths)
+        if legacy != self.runtime and legacy.is_dir() and not any(
+                p.name not in (share.SHARE, "templates") for p in legacy.iterdir()):
+            share.release(legacy)
+            shutil.rmtree(legacy, ignore_errors=True)
 
     # -- templates ---------------------------------------------------------------------------
 
     @property
     def _etc_root(self) -> Path:
-        return self.runtime / "templates"
+        return self.share / "templates"
 
     def add_template(self, name: str, rootfs: Path) -> templates.Template:
         """What `corral template add NAME --rootfs DIR` does."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
@@ -71,6 +72,20 @@ class OomAwareProcesses:
         await self._inner.resize(pid, size)
 
 
+def _listening(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.setblocking(False)
+        probe.connect(path)
+    except BlockingIOError:  # the backlog is full: it listens
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 class LocalSandbox:
     def __init__(self, host: Host, state: SandboxState, template: Template, *, boot_id: Callable[[], str],
                  on_killed: Callable[[LocalSandbox], None], process: subprocess.Popen[bytes] | None = None) -> None:
@@ -85,9 +100,16 @@ class LocalSandbox:
         self._cpu_sample: tuple[float, int] | None = None
         self.paths: SandboxPaths = host.paths(state.spec.sandbox_id)
         self._file = StateFile(self.paths.state, state)
-        self._client = AgentClient(str(self.paths.socket), peer_uid=state.host_uid)
-        self._processes = OomAwareProcesses(self._client.processes, lambda: host.cgroups.oom_kills(self.sandbox_id),
-                                            state.spec.limits.memory_mb)
+        self._attach_client()
+
+    def _attach_client(self) -> None:
+        socket_path = self.paths.socket
+        if not socket_path.exists() and self.paths.legacy_socket.exists():  # booted by an older runner
+            socket_path = self.paths.legacy_socket
+        self._client = AgentClient(str(socket_path), peer_uid=self._state.host_uid)
+        self._processes = OomAwareProcesses(self._client.processes,
+                                            lambda: self._host.cgroups.oom_kills(self.sandbox_id),
+                                            self._state.spec.limits.memory_mb)
 
     # -- protocol properties ------------------------------------------------------------------
 
@@ -147,10 +169,10 @@ class LocalSandbox:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def wait_ready(self, timeout: float) -> None:
-        """Until the agent listens (its socket appears only then); BootError with the log if it died."""
+        """Until the agent listens (the runner bound its socket: connects are refused until then);
+        BootError with the log if it died."""
         deadline = time.monotonic() + timeout
-        socket = str(self.paths.socket)
-        while not os.path.exists(socket):
+        while not _listening(str(self.paths.socket)):
             if self._process is not None and self._process.poll() is not None:
                 raise SandboxStateError(f"sandbox {self.sandbox_id} exited while starting: "
                                         f"{self._host.log_tail(self.paths)}")
@@ -182,6 +204,7 @@ class LocalSandbox:
                 await asyncio.to_thread(self._thaw)
                 return
             await asyncio.to_thread(self._boot_from_files)
+            self._host.reap_when_done(self.sandbox_id, asyncio.get_running_loop())
             await self.wait_ready(timeout=30)
 
     def _thaw(self) -> None:
@@ -191,6 +214,9 @@ class LocalSandbox:
     def _boot_from_files(self) -> None:
         """The memory is gone (host reboot, or the sandbox's processes died): start again on its disk."""
         self._host.stop(self.sandbox_id, self._process, self._state.bwrap_pid)
+        if self._host.retire_legacy_runtime(self.paths):  # booted where its uid can no longer reach
+            self.paths = self._host.paths(self.sandbox_id)
+            self._attach_client()
         spec = self._state.spec
         self._host.prepare_disk(self.paths, spec, self._template, self._state.host_uid)
         booted = self._host.boot(spec, self._template, self._state.host_uid)
