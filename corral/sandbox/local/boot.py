@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import structlog
+
 from ..agent_client import AGENT_DIR, agent_argv, agent_env
 from ..protocol import SandboxError, SandboxSpec
 from . import disk, network
@@ -36,7 +38,11 @@ from .bwrap import HOST_USR_MOUNT, LOG_MOUNT, bwrap_argv, root_wrapper
 from .cgroups import CgroupLimits, Cgroups
 from .templates import Template
 
+log = structlog.get_logger("corral.sandbox.local")
+
 NS_GET_USERNS = 0xB701
+SLIRP_ATTEMPTS = 3  # slirp4netns starts on a sandbox's namespaces; a transient setns race gets another try
+SLIRP_READY_TIMEOUT = 10.0  # seconds slirp4netns has to bring the network up
 SOCKET = "agent.sock"
 LOG = "sandbox.log"
 HOST_PYTHON = "/usr/bin/python3"
@@ -222,11 +228,11 @@ class Host:
         else:
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(legacy_run)
-        with _open_log(paths) as log:
-            st = os.fstat(log.fileno())
+        with _open_log(paths) as log_file:
+            st = os.fstat(log_file.fileno())
             if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # never chown a file linked from elsewhere
                 raise BootError(f"the sandbox's log {paths.log} is not a plain file of its own: remove it")
-            os.fchown(log.fileno(), host_uid, host_uid)  # the agent reopens it inside, at LOG_MOUNT
+            os.fchown(log_file.fileno(), host_uid, host_uid)  # the agent reopens it inside, at LOG_MOUNT
         listener = self.bind_socket(paths)
         name = spec.sandbox_id
         self.cgroups.create(name, CgroupLimits(memory_bytes=spec.limits.memory_mb * 1024 * 1024,
@@ -315,24 +321,17 @@ class Host:
         network.ensure_tun_node(self.tun_node)
         netns = os.open(f"/proc/{child_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         userns = fcntl.ioctl(netns, NS_GET_USERNS)  # the namespace's owner, not the sandbox's nested one
-        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         try:
-            argv = network.slirp_argv(tun_node=self.tun_node, join_files=join, host_uid=host_uid,
-                                      userns_fd=userns, netns_fd=netns, ready_fd=ready_w,
-                                      slirp=self.tools.slirp4netns, setpriv=self.tools.setpriv,
-                                      unshare=self.tools.unshare, mount=self.tools.mount,
-                                      nsenter=self.tools.nsenter)
-            with _open_log(paths) as log:
-                slirp = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         pass_fds=(userns, netns, ready_w), cwd="/", start_new_session=True)
-            self._children.setdefault(name, []).append(slirp)
-            os.close(ready_w)
-            ready_w = -1
-            ready, _, _ = select.select([ready_r], [], [], 10)
-            if not ready or os.read(ready_r, 1) != b"1":
-                status = slirp.poll()
-                raise BootError(f"slirp4netns did not configure the network (exit status {status}): "
-                                f"{self.log_tail(paths)}")
+            slirp = None
+            for attempt in range(1, SLIRP_ATTEMPTS + 1):
+                slirp = self._start_slirp(name, join, host_uid, userns, netns, paths)
+                if slirp is not None:
+                    break
+                # A transient race of the kernel's namespace setup (setns: EPERM, about one in a
+                # thousand) clears by itself: the next try starts a fresh slirp4netns.
+                log.warning("sandbox.network_retry", sandbox=name, attempt=attempt)
+            if slirp is None:
+                raise BootError(f"slirp4netns did not configure the network ({SLIRP_ATTEMPTS} tries): {self.log_tail(paths)}")
             rules = network.ruleset(network.host_addresses() + network.host_networks())
             result = subprocess.run(network.nft_argv(netns_fd=netns, nsenter=self.tools.nsenter, nft=self.tools.nft),
                                     input=rules.encode(), capture_output=True, pass_fds=(netns,), cwd="/")
@@ -340,7 +339,34 @@ class Host:
                 raise BootError(f"could not install the sandbox's firewall: {result.stderr.decode().strip()}")
             return slirp.pid
         finally:
-            for fd in (netns, userns, ready_r, ready_w):
+            for fd in (netns, userns):
+                os.close(fd)
+
+    def _start_slirp(self, name: str, join: list[Path], host_uid: int, userns: int, netns: int,
+                     paths: SandboxPaths) -> subprocess.Popen[bytes] | None:
+        """slirp4netns on the sandbox's namespaces, once it says the network is up; None if it did not."""
+        assert self.tools.slirp4netns is not None
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            argv = network.slirp_argv(tun_node=self.tun_node, join_files=join, host_uid=host_uid,
+                                      userns_fd=userns, netns_fd=netns, ready_fd=ready_w,
+                                      slirp=self.tools.slirp4netns, setpriv=self.tools.setpriv,
+                                      unshare=self.tools.unshare, mount=self.tools.mount,
+                                      nsenter=self.tools.nsenter)
+            with _open_log(paths) as out:
+                slirp = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                         pass_fds=(userns, netns, ready_w), cwd="/", start_new_session=True)
+            self._children.setdefault(name, []).append(slirp)
+            os.close(ready_w)
+            ready_w = -1
+            ready, _, _ = select.select([ready_r], [], [], SLIRP_READY_TIMEOUT)
+            if ready and os.read(ready_r, 1) == b"1":
+                return slirp
+            slirp.kill()
+            slirp.wait()
+            return None
+        finally:
+            for fd in (ready_r, ready_w):
                 if fd >= 0:
                     os.close(fd)
 
