@@ -23,7 +23,7 @@ from corral import (
 )
 
 from .lib import authz
-from .lib.run_ends import sandbox_recorded
+from .lib.run_ends import run_end_cap, sandbox_recorded
 from .lib.sandbox_policy import policy
 from .lib.state_machines import sandbox_transition
 from .schema import Runner, Sandbox, SandboxLimits, SandboxPolicy, SandboxState, Workspace
@@ -228,10 +228,14 @@ def transition(ctx: MutationCtx, sandbox_id: SandboxId, to: SandboxState, expect
 
 @internal_mutation
 def set_end(ctx: MutationCtx, sandbox_id: SandboxId, end_at: float, timeout: float, extend_only: bool = False) -> Sandbox:
-    """Move when on_timeout acts; `extend_only` never brings it closer (E2B's connect)."""
+    """Move when on_timeout acts; `extend_only` never brings it closer (E2B's connect). A run's sandbox
+    never ends later than its run's maximum duration: the run's limit is its sandbox's timer."""
     doc = _require(ctx, sandbox_id)
     if doc["state"] == "killed":
         raise ConvexError({"code": "SandboxNotFound", "message": f"sandbox {sandbox_id} was not found"})
+    cap = run_end_cap(ctx, doc)
+    if cap is not None and end_at > cap:
+        end_at = max(cap, doc["end_at"])
     if not (extend_only and end_at <= doc["end_at"]):
         ctx.db.patch(doc["_id"], {"end_at": end_at, "timeout": timeout})
         doc = ctx.db.get(doc["_id"])

@@ -123,3 +123,21 @@ def test_a_command_through_the_sdk_is_the_runs_activity_and_postpones_its_idle_e
     runs.tick("sandboxes:pause_idle")
     ended = runs.run(run_id)
     assert ended["status"] == "canceled" and ended["error"]["code"] == "IdleTimeout"
+
+
+def test_extending_a_runs_sandbox_never_outlives_the_runs_maximum_duration(runs):
+    """The run's limit is its sandbox's timer: the SDK's connect and set_timeout may not push it further."""
+    key = key_of(runs, runs.workspace, runs.owner)
+    run = runs.run(runs.start())
+    before = runs.sandbox(run["sandbox_id"])["end_at"]
+    with target(runs, key).environment():
+        sbx = Sandbox.connect(run["sandbox_id"], timeout=3600)
+        sbx.set_timeout(3600)
+    after = runs.sandbox(run["sandbox_id"])["end_at"]
+    assert after == before  # a 2-minute job stays a 2-minute job
+    with target(runs, key).environment():
+        made = Sandbox.create(timeout=60)  # a sandbox of no run: its timeout is the key's to set
+        made.set_timeout(600)
+    assert runs.sandbox(made.sandbox_id)["end_at"] > runs.sandbox(run["sandbox_id"])["end_at"]
+    with target(runs, key).environment():
+        made.kill()

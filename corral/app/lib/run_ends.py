@@ -77,3 +77,15 @@ def sandbox_recorded(ctx: Any, sandbox: Any) -> Any:
     if run["sandbox_id"] is None:
         ctx.db.patch(run["_id"], {"sandbox_id": sandbox["sandbox_id"]})
     return sandbox
+
+
+def run_end_cap(ctx: Any, sandbox: Any) -> float | None:
+    """The latest a run's sandbox may end: its run's maximum duration (its deadline while running),
+    so that extending the sandbox (E2B's connect or set_timeout) never outlives the run's limit; None
+    for a sandbox of no live run."""
+    if not str(sandbox["owner"]).startswith(OWNER_PREFIX) or not sandbox["metadata"].get(RUN_METADATA):
+        return None
+    run = ctx.db.query(SandboxRun).with_index("by_sandbox_id", lambda q: q.eq("sandbox_id", sandbox["sandbox_id"])).first()
+    if run is None or run["status"] != "running":
+        return None
+    return float(run["deadline"])
