@@ -215,7 +215,8 @@ def transition(ctx: MutationCtx, sandbox_id: SandboxId, to: SandboxState, expect
                            "state": doc["state"]})
     changes: dict[str, Any] = {}
     if end_at is not None:
-        changes["end_at"] = end_at
+        cap = run_end_cap(ctx, doc)  # a resumed run's sandbox still ends with its run
+        changes["end_at"] = end_at if cap is None else min(end_at, max(cap, doc["end_at"]))
     if timeout is not None:
         changes["timeout"] = timeout
     if paused_reason is not None:
