@@ -20,7 +20,6 @@ from corral import (
     MutationCtx,
     QueryCtx,
     action,
-    internal_action,
     internal_mutation,
     internal_query,
     mutation,
@@ -48,7 +47,7 @@ from .schema import (
 
 DurationMs = Annotated[float, Ge(1000), Le(30 * 86_400_000)]
 Template = Annotated[str, MinLen(1), MaxLen(100)]
-REMOVE_BATCH = 100  # runs or artifacts one remove_for_workspace transaction deletes
+REMOVE_BATCH = 100  # runs or artifacts one remove_batch transaction deletes
 
 
 def _sandbox(ctx: Any, sandbox_id: str | None) -> Any:
@@ -57,12 +56,13 @@ def _sandbox(ctx: Any, sandbox_id: str | None) -> Any:
     return ctx.db.query(Sandbox).with_index("by_sandbox_id", lambda q: q.eq("sandbox_id", sandbox_id)).first()
 
 
-def view(ctx: Any, run: Any) -> dict[str, Any]:
-    """A run as clients see it: its cost up to now while it lasts, and its sandbox's live state."""
+def view(ctx: Any, run: Any, pol: Any = None) -> dict[str, Any]:
+    """A run as clients see it: its cost up to now while it lasts, and its sandbox's live state
+    (`pol`: the run policy, when the caller already read it for a page of runs)."""
     out = dict(run)
     sandbox = _sandbox(ctx, run["sandbox_id"])
     if run["status"] not in RUN_TERMINAL:
-        out["cost"] = run_cost(policy(ctx), run, sandbox, float(ctx.now))
+        out["cost"] = run_cost(pol or policy(ctx), run, sandbox, float(ctx.now))
     out["sandbox"] = None if sandbox is None else {k: sandbox[k] for k in (
         "sandbox_id", "state", "end_at", "last_activity", "idle_at", "started_at", "ended_at", "paused_reason")}
     return out
@@ -73,10 +73,11 @@ def month_usage(ctx: Any, workspace_id: Any, month: str) -> float:
     settled = ctx.db.query(WorkspaceUsage).with_index(
         "by_workspace_month", lambda q: q.eq("workspace_id", workspace_id).eq("month", month)).first()
     total = 0.0 if settled is None else float(settled["usd"])
+    pol = policy(ctx)
     for status in ("booting", "running"):
         for run in ctx.db.query(SandboxRun).with_index(
                 "by_workspace_status", lambda q, s=status: q.eq("workspace_id", workspace_id).eq("status", s)):
-            total += run_cost(policy(ctx), run, _sandbox(ctx, run["sandbox_id"]), float(ctx.now))["usd"]
+            total += run_cost(pol, run, _sandbox(ctx, run["sandbox_id"]), float(ctx.now))["usd"]
     return total
 
 
@@ -126,7 +127,8 @@ def list_by_workspace(ctx: QueryCtx, workspace_id: Id[Workspace], paginationOpts
         q = ctx.db.query(SandboxRun).with_index("by_workspace_status",
                                                 lambda q: q.eq("workspace_id", workspace_id).eq("status", status))
     result = q.order("desc").paginate(paginationOpts)
-    result["page"] = [view(ctx, r) for r in result["page"]]
+    pol = policy(ctx)
+    result["page"] = [view(ctx, r, pol) for r in result["page"]]
     return result
 
 
@@ -136,7 +138,8 @@ def list_by_thread(ctx: QueryCtx, thread_id: Id[Thread], paginationOpts: dict[st
     if thread is None or authz.membership(ctx, thread["workspace_id"]) is None:
         raise authz.not_found("thread")
     result = ctx.db.query(SandboxRun).with_index("by_thread", lambda q: q.eq("thread_id", thread_id)).order("desc").paginate(paginationOpts)
-    result["page"] = [view(ctx, r) for r in result["page"]]
+    pol = policy(ctx)
+    result["page"] = [view(ctx, r, pol) for r in result["page"]]
     return result
 
 
@@ -304,14 +307,4 @@ def remove_batch(ctx: MutationCtx, workspace_id: Id[Workspace]) -> bool:
         ctx.db.delete(usage_doc["_id"])
         left += 1
     return left == 0
-
-
-@internal_action
-async def remove_for_workspace(ctx: ActionCtx, workspace_id: Id[Workspace]) -> int:
-    """End and delete every run and artifact of a workspace (stored files deleted, live sandboxes
-    killed), in transactions of REMOVE_BATCH; returns how many transactions it took."""
-    batches = 1
-    while not await ctx.run_mutation("corral/sandbox_runs:remove_batch", {"workspace_id": workspace_id}):
-        batches += 1
-    return batches
 
